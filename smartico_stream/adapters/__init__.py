@@ -1,0 +1,1 @@
+"""Adapters: the protocol operator mappings implement, their registry and golden-file runner."""

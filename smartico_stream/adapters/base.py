@@ -1,0 +1,56 @@
+"""The adapter contract: one decoded operator record in, zero or more canonical events out.
+
+Adapters are pure functions of their input (no I/O, no clock, no randomness) so that golden files
+pin them down exactly and the hot path stays fast. They signal bad input by raising: an
+``AdapterError`` for anything they detect themselves, or the ``pydantic.ValidationError`` that
+constructing a canonical event raises. The pipeline turns either into a dead letter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from smartico_stream.events.models import CanonicalEvent
+from smartico_stream.events.raw import Stream
+
+
+@dataclass(frozen=True, slots=True)
+class RecordContext:
+    """What an adapter may know about a record besides its JSON body."""
+
+    stream: Stream
+    topic: str
+    key: str | None = None
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+
+
+class AdapterError(ValueError):
+    """A record the adapter cannot map. The message must say what is wrong and must not quote
+    personal data (emails, phones, names)."""
+
+
+class UnknownEventType(AdapterError):
+    """The record's type is not one this adapter maps."""
+
+
+class MissingField(AdapterError):
+    """A field the mapping requires is absent or null. The message names the operator's field
+    (e.g. ``'transaction_id'`` or ``'payment.id'``), never its value."""
+
+
+class InvalidField(AdapterError):
+    """A field is present but unusable before canonical validation (e.g. a nested object that is a
+    string, or an unknown numeric code). The message names the field, not its value."""
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What the ``smartico_stream.adapters`` entry points must produce (called with no arguments)."""
+
+    name: str
+
+    def adapt(self, message: Mapping[str, Any], context: RecordContext) -> Sequence[CanonicalEvent]:
+        """Map one decoded record to canonical events, in the order they happened."""
+        ...

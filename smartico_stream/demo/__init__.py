@@ -1,0 +1,1 @@
+"""Demo support: a deterministic synthetic operator stream in the reference wire format."""

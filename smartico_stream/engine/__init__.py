@@ -1,0 +1,1 @@
+"""Engine: applies each user's canonical events, in order, to per-user state."""

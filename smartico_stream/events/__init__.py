@@ -1,0 +1,45 @@
+"""Canonical events: the contract between adapters and the engine."""
+
+from smartico_stream.events.models import (
+    EVENT_MODELS,
+    MODEL_BY_TYPE,
+    PAYMENT_TYPES,
+    AccountStatus,
+    CanonicalEvent,
+    CasinoBet,
+    CasinoWin,
+    EventType,
+    Gender,
+    Payment,
+    PlatformAggregates,
+    SourceCoordinates,
+    SportBetOpen,
+    SportBetResult,
+    SportBetSelectionOpen,
+    SportBetSelectionSettled,
+    SportBetSettled,
+    UserProfile,
+)
+from smartico_stream.events.types import parse_utc_timestamp
+
+__all__ = [
+    "EVENT_MODELS",
+    "MODEL_BY_TYPE",
+    "PAYMENT_TYPES",
+    "AccountStatus",
+    "CanonicalEvent",
+    "CasinoBet",
+    "CasinoWin",
+    "EventType",
+    "Gender",
+    "Payment",
+    "PlatformAggregates",
+    "SourceCoordinates",
+    "SportBetOpen",
+    "SportBetResult",
+    "SportBetSelectionOpen",
+    "SportBetSelectionSettled",
+    "SportBetSettled",
+    "UserProfile",
+    "parse_utc_timestamp",
+]

@@ -1,0 +1,125 @@
+"""Prometheus metrics of one service instance, on a registry of its own (no process-global state).
+
+Names follow Prometheus conventions with the ``smartico_stream_`` prefix. Labels are bounded: topic,
+partition, result, event type, error class; never a user or event id. docs/metrics.md lists them all.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import confluent_kafka
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from smartico_stream import __version__
+
+_BATCH_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 50000)
+
+
+class Metrics:
+    """Every metric the service exports. Create one per service instance."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build_info = Info("smartico_stream_build", "Version of the service and its Kafka client", registry=r)
+        self.build_info.info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "confluent_kafka": confluent_kafka.version()[0],
+                "librdkafka": confluent_kafka.libversion()[0],
+            }
+        )
+        self.records = Counter(
+            "smartico_stream_records", "Records handled, by topic and result (ok, deduplicated, dead_lettered)",
+            ["topic", "result"], registry=r,
+        )
+        self.events = Counter("smartico_stream_events", "Canonical events applied, by event type", ["type"], registry=r)
+        self.dead_letters = Counter(
+            "smartico_stream_dead_letters", "Records dead-lettered, by topic, stage and error class",
+            ["topic", "stage", "error_class"], registry=r,
+        )
+        self.dedup_hits = Counter(
+            "smartico_stream_dedup_hits", "Events dropped as repeats inside the dedup window", ["topic"], registry=r
+        )
+        self.dedup_keys = Gauge(
+            "smartico_stream_dedup_window_keys", "Keys held in the dedup windows of assigned partitions", registry=r
+        )
+        self.dedup_evictions = Counter(
+            "smartico_stream_dedup_evictions", "Keys dropped before their window ended because the window was full",
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "smartico_stream_batch_processing_seconds", "Time to process one batch, decode to commit",
+            buckets=_BATCH_SECONDS_BUCKETS, registry=r,
+        )
+        self.batch_records = Histogram(
+            "smartico_stream_batch_records", "Records per consumed batch", buckets=_BATCH_SIZE_BUCKETS, registry=r
+        )
+        self.lag_messages = Gauge(
+            "smartico_stream_consumer_lag_messages",
+            "High watermark minus committed offset, per assigned partition (librdkafka statistics)",
+            ["topic", "partition"], registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "smartico_stream_consumer_lag_seconds",
+            "Now minus the broker timestamp of the last handled record, per assigned partition with lag; 0 when caught up",
+            ["topic", "partition"], registry=r,
+        )
+        self.high_watermark = Gauge(
+            "smartico_stream_high_watermark_offset", "Partition high watermark", ["topic", "partition"], registry=r
+        )
+        self.committed_offset = Gauge(
+            "smartico_stream_committed_offset", "Offset committed by this consumer", ["topic", "partition"], registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "smartico_stream_assigned_partitions", "Partitions assigned to this instance", ["topic"], registry=r
+        )
+        self.rebalances = Counter(
+            "smartico_stream_rebalances", "Partition rebalance events, by kind (assigned, revoked, lost)",
+            ["kind"], registry=r,
+        )
+        self.commits = Counter(
+            "smartico_stream_commits", "Offset commits, by result (success, failure)", ["result"], registry=r
+        )
+        self.last_commit = Gauge(
+            "smartico_stream_last_commit_timestamp_seconds", "Unix time of the last successful commit", registry=r
+        )
+        self.consumer_errors = Counter(
+            "smartico_stream_consumer_errors", "Errors reported by the consumer client, by code", ["code"], registry=r
+        )
+        self.heartbeat = Gauge(
+            "smartico_stream_poll_loop_heartbeat_timestamp_seconds", "Unix time the poll loop last turned", registry=r
+        )
+        self.ready = Gauge("smartico_stream_ready", "1 when connected and joined to the consumer group", registry=r)
+
+    def beat(self) -> float:
+        now = time.time()
+        self.heartbeat.set(now)
+        return now
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop per-partition series of a partition this instance no longer owns."""
+        labels = (topic, str(partition))
+        for gauge in (self.lag_messages, self.lag_seconds, self.high_watermark, self.committed_offset):
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

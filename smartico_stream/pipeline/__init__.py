@@ -1,0 +1,1 @@
+"""Pipeline: decode -> adapt -> dedup -> engine, batch-oriented, no I/O."""

@@ -1,0 +1,1 @@
+"""Sinks: where dead letters (and, later, actions) are delivered."""

@@ -1,0 +1,91 @@
+"""Dead-letter sinks: where records that could not be handled go, with why and where from.
+
+A dead letter keeps the original key, value and headers and adds ``x-smartico-*`` headers with the
+error class, the message, the stage and the source coordinates. The service commits a record's
+offset only after its dead letter is acknowledged (invariant 2)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from smartico_stream.pipeline.errors import DeadLetter
+
+HEADER_PREFIX = "x-smartico-"
+
+
+class DeadLetterDeliveryError(RuntimeError):
+    """Dead letters were not acknowledged; the batch's offsets must not be committed."""
+
+
+def dead_letter_headers(letter: DeadLetter, failed_at_ms: int) -> list[tuple[str, bytes]]:
+    """The original headers plus the error and source-coordinate headers."""
+    record = letter.record
+    return [
+        *record.headers,
+        (HEADER_PREFIX + "error-class", letter.error_class.encode()),
+        (HEADER_PREFIX + "error-message", letter.message.encode()[:4096]),
+        (HEADER_PREFIX + "stage", letter.stage.encode()),
+        (HEADER_PREFIX + "source-transport", record.transport.encode()),
+        (HEADER_PREFIX + "source-topic", record.topic.encode()),
+        (HEADER_PREFIX + "source-partition", str(record.partition).encode()),
+        (HEADER_PREFIX + "source-offset", str(record.offset).encode()),
+        (HEADER_PREFIX + "source-timestamp-ms", str(record.timestamp_ms).encode()),
+        (HEADER_PREFIX + "failed-at-ms", str(failed_at_ms).encode()),
+    ]
+
+
+def bounded_value(value: bytes | None, limit: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value to carry, truncated to ``limit`` bytes (an oversized record would be refused by the
+    dead-letter topic too) with a header giving the original size."""
+    if value is None or len(value) <= limit:
+        return value, []
+    return value[:limit], [(HEADER_PREFIX + "value-truncated-from-bytes", str(len(value)).encode())]
+
+
+class KafkaDeadLetterSink:
+    """Produces dead letters to a Kafka topic with an idempotent producer."""
+
+    def __init__(self, producer_config: Mapping[str, Any], topic: str, max_value_bytes: int = 512 * 1024) -> None:
+        config = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, **producer_config}
+        self._producer = Producer(config)
+        self._topic = topic
+        self._max_value_bytes = max_value_bytes
+        self._failures: list[str] = []
+
+    def publish(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
+        """Produce and wait for every acknowledgement; raise DeadLetterDeliveryError otherwise."""
+        if not letters:
+            return
+        self._failures.clear()
+        now_ms = int(time.time() * 1000)
+        for letter in letters:
+            value, extra = bounded_value(letter.record.value, self._max_value_bytes)
+            self._produce(letter.record.key, value, dead_letter_headers(letter, now_ms) + extra)
+        remaining = self._producer.flush(timeout_s)
+        if remaining or self._failures:
+            raise DeadLetterDeliveryError(
+                f"{remaining} dead letter(s) unacknowledged after {timeout_s}s, "
+                f"{len(self._failures)} refused: {'; '.join(self._failures[:3])}"
+            )
+
+    def _produce(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self._producer.produce(self._topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: let deliveries drain
+
+    def _delivered(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self._failures.append(error.str())
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Flush and destroy the producer; the sink cannot publish afterwards."""
+        if self._producer is not None:
+            self._producer.flush(timeout_s)
+            self._producer = None  # type: ignore[assignment]

@@ -1,0 +1,1 @@
+"""Sources: consuming from brokers, partition ownership, commits. Nothing else."""

@@ -1,0 +1,272 @@
+"""Kafka source: a consumer-group member that hands batches of raw records to the service and commits
+the offsets it is told are handled. It knows nothing of adapters, rules or stores.
+
+All client calls (consume, commit, close) run on one thread; librdkafka invokes the rebalance,
+commit and statistics callbacks from inside those calls, so callbacks never race the batch in hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from smartico_stream.events.raw import RawRecord
+from smartico_stream.observability.logging import get_logger
+from smartico_stream.observability.metrics import Metrics
+
+log = get_logger(__name__)
+
+PartitionId = tuple[str, int]
+
+# Settings the service owns: changing them would break "commit only what was handled".
+_ENFORCED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+# Defaults a user may override.
+_DEFAULTS = {
+    "partition.assignment.strategy": "cooperative-sticky",
+    "auto.offset.reset": "earliest",  # a new group must not skip the initial load
+    "enable.partition.eof": False,
+}
+# librdkafka keys that describe the connection, shared with producers (dead letters, action sinks).
+_CONNECTION_PREFIXES = (
+    "bootstrap.servers", "security.protocol", "sasl.", "ssl.", "client.id", "socket.", "broker.",
+    "api.version", "enable.ssl", "metadata.", "resolve.", "client.dns", "test.mock.",
+)
+
+
+def connection_config(consumer_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The subset of a consumer config a producer to the same cluster needs."""
+    return {k: v for k, v in consumer_config.items() if k.startswith(_CONNECTION_PREFIXES)}
+
+
+class PartitionListener(Protocol):
+    """Told about partition ownership changes, from inside the consumer's calls."""
+
+    def partitions_assigned(self, partitions: list[PartitionId]) -> None: ...
+
+    def partitions_revoked(self, partitions: list[PartitionId], lost: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    high_watermark: int
+    committed: int
+    lag: int
+
+
+class KafkaSource:
+    """One consumer-group member subscribed to the configured topics."""
+
+    def __init__(
+        self,
+        consumer_config: Mapping[str, Any],
+        topics: Iterable[str],
+        listener: PartitionListener,
+        metrics: Metrics,
+        batch_size: int = 2000,
+        poll_timeout_s: float = 0.5,
+        statistics_interval_ms: int = 5000,
+        consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
+    ) -> None:
+        self._topics = list(topics)
+        self._listener = listener
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_timeout_s = poll_timeout_s
+        self._assigned: set[PartitionId] = set()
+        self._handled: dict[PartitionId, int] = {}  # next offset to commit, per owned partition
+        self._last_timestamp_ms: dict[PartitionId, int] = {}
+        self.lag: dict[PartitionId, PartitionLag] = {}
+        config = {**_DEFAULTS, "statistics.interval.ms": statistics_interval_ms, **consumer_config, **_ENFORCED}
+        config.update(
+            {
+                "on_commit": self._on_commit,
+                "stats_cb": self._on_stats,
+                "error_cb": self._on_error,
+                "logger": logging.getLogger("smartico_stream.rdkafka"),
+            }
+        )
+        self._consumer = consumer_factory(config)
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def close(self) -> None:
+        """Leave the group. Revocation (and its final commit) happens inside this call."""
+        self._consumer.close()
+
+    @property
+    def joined(self) -> bool:
+        """True once the group coordinator gave this member an id."""
+        try:
+            return bool(self._consumer.memberid())
+        except (KafkaException, RuntimeError):
+            return False
+
+    @property
+    def assigned(self) -> frozenset[PartitionId]:
+        return frozenset(self._assigned)
+
+    # consuming ---------------------------------------------------------------------------------
+
+    def poll_batch(self) -> list[RawRecord]:
+        """Up to ``batch_size`` records, in partition order. Blocks at most ``poll_timeout_s``."""
+        messages = self._consumer.consume(self._batch_size, self._poll_timeout_s)
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+                continue
+            records.append(_to_record(message))
+        return records
+
+    def commit(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> None:
+        """Commit (asynchronously) that every record before ``next_offsets`` is handled. Partitions no
+        longer owned are skipped: their new owner decides."""
+        owned = [(tp, offset) for tp, offset in next_offsets.items() if tp in self._assigned]
+        if not owned:
+            return
+        for tp, offset in owned:
+            self._handled[tp] = offset
+        for tp, ts in last_timestamps.items():
+            if tp in self._assigned:
+                self._last_timestamp_ms[tp] = ts
+        self._consumer.commit(
+            offsets=[TopicPartition(topic, partition, offset) for (topic, partition), offset in owned],
+            asynchronous=True,
+        )
+
+    # callbacks (run inside consume/close) -----------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [(tp.topic, tp.partition) for tp in partitions]
+        self._assigned.update(ids)
+        self._metrics.rebalances.labels("assigned").inc()
+        self._update_assignment_gauge()
+        log.info("partitions assigned", partitions=_fmt(ids))
+        self._listener.partitions_assigned(ids)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        ids = [(tp.topic, tp.partition) for tp in partitions]
+        # Make the last handled offsets durable before the new owner starts reading.
+        pending = [TopicPartition(t, p, self._handled[(t, p)]) for t, p in ids if (t, p) in self._handled]
+        if pending:
+            try:
+                consumer.commit(offsets=pending, asynchronous=False)
+            except KafkaException as exc:
+                self._metrics.commits.labels("failure").inc()
+                log.warning("commit on revoke failed; the new owner re-reads from the last commit", error=str(exc))
+        self._release(ids, lost=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._release([(tp.topic, tp.partition) for tp in partitions], lost=True)
+
+    def _release(self, ids: list[PartitionId], lost: bool) -> None:
+        for tp in ids:
+            self._assigned.discard(tp)
+            self._handled.pop(tp, None)
+            self._last_timestamp_ms.pop(tp, None)
+            self.lag.pop(tp, None)
+            self._metrics.forget_partition(*tp)
+        self._metrics.rebalances.labels("lost" if lost else "revoked").inc()
+        self._update_assignment_gauge()
+        log.info("partitions lost" if lost else "partitions revoked", partitions=_fmt(ids))
+        self._listener.partitions_revoked(ids, lost)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            self._metrics.commits.labels("failure").inc()
+            log.warning("offset commit failed", error=error.str())
+            return
+        self._metrics.commits.labels("success").inc()
+        self._metrics.last_commit.set(time.time())
+        for tp in partitions:
+            if tp.error is None and tp.offset >= 0 and (tp.topic, tp.partition) in self._assigned:
+                self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(tp.offset)
+
+    def _on_stats(self, stats_json: str) -> None:
+        stats = orjson.loads(stats_json)
+        now_ms = time.time() * 1000
+        for topic, topic_stats in stats.get("topics", {}).items():
+            for partition_key, p in topic_stats.get("partitions", {}).items():
+                tp = (topic, int(partition_key))
+                if tp not in self._assigned:
+                    continue  # includes librdkafka's internal partition -1
+                high, committed, lag = p.get("hi_offset", -1), p.get("committed_offset", -1), p.get("consumer_lag", -1)
+                if high < 0:
+                    continue
+                if lag < 0:  # nothing committed yet: everything from the log start is lag
+                    lag = high - max(p.get("lo_offset", 0), 0)
+                self.lag[tp] = PartitionLag(topic, tp[1], high, committed, lag)
+                labels = (topic, partition_key)
+                self._metrics.lag_messages.labels(*labels).set(lag)
+                self._metrics.high_watermark.labels(*labels).set(high)
+                last_ts = self._last_timestamp_ms.get(tp)
+                if lag == 0:
+                    self._metrics.lag_seconds.labels(*labels).set(0)
+                elif last_ts:
+                    self._metrics.lag_seconds.labels(*labels).set(max(0.0, (now_ms - last_ts) / 1000))
+                # else: behind, but no record handled yet to date the lag; leave the series absent
+                # rather than report a reassuring 0.
+
+    def _on_error(self, error: KafkaError) -> None:
+        self._metrics.consumer_errors.labels(error.name()).inc()
+        if error.fatal():
+            log.error("fatal consumer error", error=error.str())
+        else:
+            log.warning("consumer error", error=error.str())
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        self._metrics.consumer_errors.labels(error.name()).inc()
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consume error", error=error.str())
+
+    def _update_assignment_gauge(self) -> None:
+        per_topic = dict.fromkeys(self._topics, 0)
+        for topic, _ in self._assigned:
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+        for topic, count in per_topic.items():
+            self._metrics.assigned_partitions.labels(topic).set(count)
+
+
+def _to_record(message: Message) -> RawRecord:
+    _, timestamp_ms = message.timestamp()
+    return RawRecord(
+        transport="kafka",
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        key=message.key(),
+        value=message.value(),
+        timestamp_ms=max(timestamp_ms, 0),
+        headers=message.headers() or [],
+    )
+
+
+def _fmt(ids: list[PartitionId]) -> list[str]:
+    return [f"{topic}[{partition}]" for topic, partition in sorted(ids)]
+
+
+def committed_lag(consumer: Consumer, partitions: list[TopicPartition], timeout_s: float = 10.0) -> list[PartitionLag]:
+    """Committed offset, high watermark and lag per partition, read from the broker (works while the
+    group has no live member)."""
+    committed = consumer.committed(partitions, timeout=timeout_s)
+    result = []
+    for tp in committed:
+        low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout_s)
+        position = tp.offset if tp.offset != OFFSET_INVALID and tp.offset >= 0 else low
+        result.append(PartitionLag(tp.topic, tp.partition, high, tp.offset, max(high - position, 0)))
+    return result
