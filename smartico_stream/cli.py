@@ -18,8 +18,10 @@ from smartico_stream.observability.logging import configure_logging
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 adapters_app = typer.Typer(no_args_is_help=True, help="Operator adapters: list them, run their golden files.")
 schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schema of the canonical events.")
+rules_app = typer.Typer(no_args_is_help=True, help="Automation rules: validate them, list the fields they can use.")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(rules_app, name="rules")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=True, dir_okay=False)]
 
@@ -77,6 +79,7 @@ def demo(
     typer.echo(f"  deduplicated {summary.deduplicated:>9}")
     typer.echo(f"  dead-lettered{summary.dead_lettered:>9}")
     typer.echo(f"events applied {summary.events_applied:>9}")
+    typer.echo(f"actions        {summary.actions:>9}  (delivered to the JSONL sink: {summary.actions_delivered})")
     typer.echo(f"records/s      {summary.events_per_s:>9.0f}")
     typer.echo(f"max lag        {summary.max_lag:>9}")
     typer.echo(f"duration (s)   {summary.duration_s:>9}")
@@ -135,6 +138,139 @@ def schemas_check(directory: Annotated[Path, typer.Argument()] = Path("schemas")
     if stale:
         _fail(f"stale schema files in {directory}: {', '.join(stale)}; run `smartico-stream schemas export`", 1)
     typer.echo("schemas up to date")
+
+
+@rules_app.command("check")
+def rules_check(path: Annotated[Path, typer.Argument(help="rule file or folder", exists=True)]) -> None:
+    """Validate rules without running them; exit 1 listing every problem."""
+    from smartico_stream.engine.rules import RuleLoadError, load_rules
+
+    try:
+        rules = load_rules(path)
+    except RuleLoadError as exc:
+        _fail(str(exc), 1)
+    for rule in rules.rules:
+        typer.echo(f"ok  {rule.id:<32} trigger={rule.spec.trigger.event}  priority={rule.spec.priority}")
+    for rule_id in rules.disabled:
+        typer.echo(f"off {rule_id:<32} (enabled: false)")
+    typer.echo(f"{len(rules.rules)} enabled, {len(rules.disabled)} disabled")
+
+
+@rules_app.command("fields")
+def rules_fields(
+    event: Annotated[str | None, typer.Argument(help="trigger event type; omitted: user fields only")] = None,
+) -> None:
+    """Fields conditions may read (user.* always, event.* for the given trigger type)."""
+    from smartico_stream.engine.conditions import event_schema
+    from smartico_stream.engine.state import USER_SCHEMA
+    from smartico_stream.events.models import MODEL_BY_TYPE, EventType
+
+    schema = dict(USER_SCHEMA)
+    if event is not None:
+        try:
+            schema.update(event_schema(MODEL_BY_TYPE[EventType(event)]))
+        except ValueError:
+            _fail(f"unknown event type {event!r}; one of: {', '.join(EventType)}")
+    for name, kind in sorted(schema.items()):
+        typer.echo(f"{name:<40} {kind}")
+
+
+@app.command()
+def simulate(
+    rules: Annotated[Path, typer.Option(help="rule file or folder", exists=True)],
+    events: Annotated[Path, typer.Option(help="JSONL of raw operator records", exists=True, dir_okay=False)],
+    adapter: Annotated[str, typer.Option(help="adapter mapping the records")] = "reference",
+    state: Annotated[Path | None, typer.Option(help="keep the SQLite store here for inspection")] = None,
+    stream: Annotated[str | None, typer.Option(help="stream of bare (non-envelope) lines")] = None,
+) -> None:
+    """Dry run: print every action as one JSON line (deterministic: same input, same bytes)."""
+    from smartico_stream.adapters.registry import UnknownAdapter, load_adapter
+    from smartico_stream.engine.rules import RuleLoadError, load_rules
+    from smartico_stream.events.raw import Stream
+    from smartico_stream.simulate import InputError, read_records
+    from smartico_stream.simulate import simulate as run_simulation
+
+    if state is not None and state.exists():
+        _fail(f"--state {state} already exists; simulate starts from an empty store (remove it or choose another path)")
+    try:
+        rule_set = load_rules(rules)
+        mapper = load_adapter(adapter)
+        default_stream = Stream(stream) if stream else None
+    except (RuleLoadError, UnknownAdapter) as exc:
+        _fail(str(exc))
+    except ValueError:
+        _fail(f"unknown stream {stream!r}; one of: {', '.join(Stream)}")
+    out = sys.stdout.buffer
+
+    def emit(actions: list[Any]) -> None:
+        for action in actions:
+            out.write(action.to_json() + b"\n")
+
+    try:
+        summary = asyncio.run(run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state))
+    except InputError as exc:
+        _fail(str(exc))
+    out.flush()
+    typer.echo(
+        f"records {summary.records}, processed {summary.processed}, deduplicated {summary.deduplicated}, "
+        f"dead-lettered {summary.dead_lettered}, actions {summary.actions}",
+        err=True,
+    )
+
+
+@app.command()
+def history(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="service config (for the store URL)")] = None,
+    store: Annotated[str | None, typer.Option(help="store URL, e.g. sqlite:///state.db (overrides --config)")] = None,
+    user: Annotated[str | None, typer.Option(help="BRAND:USER")] = None,
+    rule: Annotated[str | None, typer.Option(help="rule id")] = None,
+    limit: Annotated[int, typer.Option(help="most rows")] = 1000,
+    json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Execution history, per user and/or per rule, with qualification date and validity."""
+    from smartico_stream.store import open_store_from_url
+
+    schema = None
+    if store is None:
+        try:
+            store_settings = load_settings(config).store
+        except ConfigError as exc:
+            _fail(str(exc))
+        store, schema = store_settings.url, store_settings.db_schema
+    brand = user_id = None
+    if user is not None:
+        brand, sep, user_id = user.partition(":")
+        if not sep or not brand or not user_id:
+            _fail("--user takes BRAND:USER, e.g. --user brand-eu:u-123")
+
+    async def read() -> list[Any]:
+        opened = open_store_from_url(store, schema)
+        await opened.open()
+        try:
+            return await opened.history(brand=brand, user=user_id, rule=rule, limit=limit)
+        finally:
+            await opened.close()
+
+    entries = asyncio.run(read())
+    for entry in entries:
+        row = {
+            "brand": entry.brand, "user": entry.user, "rule_id": entry.rule_id, "event_id": entry.event_id,
+            "event_type": entry.event_type, "event_time": _iso(entry.event_time), "outcome": entry.outcome,
+            "executions": entry.executions, "reason": entry.reason,
+            "qualification_date": _iso(entry.qualified_at), "qualification_valid_until": _iso(entry.qualified_until),
+        }
+        if json:
+            sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+        else:
+            typer.echo(
+                f"{row['event_time']}  {entry.brand}:{entry.user}  {entry.rule_id:<24} {entry.outcome:<22} "
+                f"x{entry.executions}  qualified {row['qualification_date'] or '-'} "
+                f"valid until {row['qualification_valid_until'] or '-'}  {entry.reason or ''}".rstrip()
+            )
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ Every librdkafka setting passes through untouched, so SASL_SSL clusters work by 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -117,6 +118,31 @@ class MetricsSettings(_Section):
     )
 
 
+class StoreSettings(_Section):
+    """Where per-user state, the outbox, history, dedup keys and source offsets live."""
+
+    url: str = Field(
+        default="sqlite:///var/smartico-stream/state.db",
+        description="sqlite:///PATH (embedded, one instance) or postgresql://... (several instances)",
+    )
+    db_schema: str | None = Field(default=None, description="PostgreSQL schema (created if missing); default: search_path")
+
+
+class EngineSettings(_Section):
+    rules: Path | None = Field(default=None, description="rule file or folder; none: aggregates only")
+    state_cache_size: int = Field(default=100_000, ge=0, description="users kept in memory between batches")
+
+
+class OutboxSettings(_Section):
+    batch_size: int = Field(default=500, ge=1, description="actions per delivery to a sink")
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    max_backlog: int = Field(
+        default=100_000, ge=1, description="undelivered actions at which consumption pauses until sinks catch up"
+    )
+    retry_backoff_s: float = Field(default=1.0, gt=0)
+    max_backoff_s: float = Field(default=30.0, gt=0)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -136,6 +162,16 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    sinks: list[dict[str, Any]] = Field(
+        default_factory=list, description="action sinks (see docs/sinks.md); none: actions stay in the outbox"
+    )
+    instance_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="names this member in partition leases (fencing)",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,37 +1,59 @@
 """The service: one consumer-group member running the pipeline, batch by batch.
 
-Per batch, the checkpoint order is fixed (as in Quix Streams): process every record, make the dead
-letters durable, then commit the offsets. A crash anywhere before the commit re-reads the batch; a
-committed offset never passes a record that was not handled (invariant 2).
+Per batch the checkpoint order is fixed (as in Quix Streams): process every record; make the dead
+letters durable; commit one store transaction holding states, actions (outbox), history, dedup keys
+and source offsets; then commit the offsets to Kafka (for lag tools). A crash before the store
+commit redoes the batch from the stored offsets; a crash after it resumes past the batch, because
+on assignment the consumer starts from the offsets in the store, not the broker's (invariant 4).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from cachetools import LRUCache
+
 from smartico_stream.adapters.base import Adapter
 from smartico_stream.adapters.registry import load_adapter
 from smartico_stream.config import Settings
-from smartico_stream.engine.base import Engine
-from smartico_stream.engine.totals import UserTotalsEngine
+from smartico_stream.engine.base import Engine, UserKey
+from smartico_stream.engine.batch import BatchEngine
+from smartico_stream.engine.evaluator import RuleEngine
+from smartico_stream.engine.rules import RuleSet, load_rules
+from smartico_stream.engine.state import UserState
+from smartico_stream.events.raw import RawRecord
+from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.health import Health
 from smartico_stream.observability.http import MetricsServer
 from smartico_stream.observability.logging import RateLimiter, get_logger
 from smartico_stream.observability.metrics import Metrics
 from smartico_stream.pipeline.dedup import Clock, DedupWindow
-from smartico_stream.pipeline.pipeline import DEAD_LETTERED, DEDUPLICATED, OK, BatchResult, Pipeline, PipelineLimits
+from smartico_stream.pipeline.pipeline import (
+    DEAD_LETTERED,
+    DEDUPLICATED,
+    OK,
+    BatchResult,
+    Pipeline,
+    PipelineLimits,
+    RecordId,
+)
+from smartico_stream.sinks.action_sinks import ActionSink, build_sink
 from smartico_stream.sinks.dead_letters import DeadLetterDeliveryError, KafkaDeadLetterSink
+from smartico_stream.sinks.relay import OutboxRelay
 from smartico_stream.sources.kafka import KafkaSource, PartitionId, connection_config
+from smartico_stream.store import BatchWrite, FencedError, QueuedAction, Store, open_store_from_url
+from smartico_stream.store.base import ConflictError
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
-_DEAD_LETTER_RETRY_S = (0.5, 1, 2, 5, 10)
+_RETRY_S = (0.2, 0.5, 1, 2, 5, 10)
+_BACKLOG_CHECK_EVERY_S = 1.0
 
 
 @dataclass
@@ -43,42 +65,67 @@ class ServiceStats:
     deduplicated: int = 0
     dead_lettered: int = 0
     events_applied: int = 0
+    actions: int = 0
     batches: int = 0
     first_record_at: float | None = None
     last_batch_at: float | None = None
 
 
-class PartitionWindows:
-    """Dedup windows of the partitions this instance owns; created on assign, dropped on revoke."""
+class Ownership:
+    """The partitions this instance owns: their store leases (epochs) and dedup windows.
 
-    def __init__(self, settings: Settings, clock: Clock) -> None:
-        self._window_s = settings.dedup.window_seconds
-        self._max_entries = settings.dedup.max_entries
-        self._enabled = settings.dedup.enabled
+    Called by the Kafka source from inside its client calls; the store is reached through the event
+    loop, which is free at that moment (it is awaiting the very call that runs the callback)."""
+
+    def __init__(self, settings: Settings, store: Store, clock: Clock, on_revoke: Callable[[], None]) -> None:
+        self._settings = settings
+        self._store = store
         self._clock = clock
+        self._on_revoke = on_revoke
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.epochs: dict[PartitionId, int] = {}
         self.windows: dict[PartitionId, DedupWindow] = {}
 
-    def partitions_assigned(self, partitions: list[PartitionId]) -> None:
-        if self._enabled:
-            for tp in partitions:
-                self.windows.setdefault(tp, DedupWindow(self._window_s, self._max_entries, self._clock))
+    def partitions_assigned(self, partitions: list[PartitionId]) -> Mapping[PartitionId, int]:
+        assert self.loop is not None
+        dedup = self._settings.dedup
+        since = self._clock() - dedup.window_seconds
+        acquiring = self._store.acquire(partitions, self._settings.instance_id, since)
+        leases = asyncio.run_coroutine_threadsafe(acquiring, self.loop).result(timeout=60)
+        start: dict[PartitionId, int] = {}
+        for tp, lease in leases.items():
+            self.epochs[tp] = lease.epoch
+            if dedup.enabled:
+                window = DedupWindow(dedup.window_seconds, dedup.max_entries, self._clock)
+                for digest, first_seen in lease.dedup_keys:
+                    window.add(digest, first_seen)
+                self.windows[tp] = window
+            if lease.next_offset is not None:
+                start[tp] = lease.next_offset
+        return start
 
     def partitions_revoked(self, partitions: list[PartitionId], lost: bool) -> None:
         for tp in partitions:
+            self.epochs.pop(tp, None)
             self.windows.pop(tp, None)
+        self._on_revoke()
 
     def window_for(self, topic: str, partition: int) -> DedupWindow | None:
         return self.windows.get((topic, partition))
 
-    def size(self) -> int:
+    def dedup_size(self) -> int:
         return sum(len(w) for w in self.windows.values())
 
-    def evicted(self) -> int:
+    def dedup_evicted(self) -> int:
         return sum(w.evicted for w in self.windows.values())
 
 
 class Service:
-    """Build with :meth:`from_settings`; run with ``await service.run(stop_event)``."""
+    """Build, then ``await service.run(stop_event)``.
+
+    ``engine`` replaces the rule engine with any object implementing the pipeline's Engine protocol
+    (tests use a recording engine); everything else (store, offsets, dedup keys) stays as in
+    production."""
 
     def __init__(
         self,
@@ -87,72 +134,189 @@ class Service:
         engine: Engine | None = None,
         metrics: Metrics | None = None,
         clock: Clock = time.time,
+        store: Store | None = None,
+        rules: RuleSet | None = None,
+        sinks: list[ActionSink] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.health = Health(heartbeat_timeout_s=settings.metrics.heartbeat_timeout_s)
-        self.engine = engine or UserTotalsEngine()
         self.stats = ServiceStats()
-        self.windows = PartitionWindows(settings, clock)
+        self.store = store or open_store_from_url(settings.store.url, settings.store.db_schema)
+        self._custom_engine = engine
+        if rules is None:
+            rules = load_rules(settings.engine.rules) if settings.engine.rules else RuleSet.of(())
+        self.rule_engine = RuleEngine(rules)
+        self._cache: LRUCache[UserKey, UserState] = LRUCache(maxsize=max(settings.engine.state_cache_size, 1))
+        self._clock = clock
+        self.ownership = Ownership(settings, self.store, clock, on_revoke=self._cache.clear)
         kafka = settings.kafka
         self.pipeline = Pipeline(
             adapter=adapter or load_adapter(settings.adapter),
-            engine=self.engine,
             stream_of_topic=kafka.stream_of_topic(),
-            dedup_window_for=self.windows.window_for,
+            dedup_window_for=self.ownership.window_for,
             limits=PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key),
+            clock=clock,
         )
         self.source = KafkaSource(
             kafka.config,
             kafka.stream_of_topic(),
-            listener=self.windows,
+            listener=self.ownership,
             metrics=self.metrics,
             batch_size=kafka.batch_size,
             poll_timeout_s=kafka.poll_timeout_s,
             statistics_interval_ms=kafka.statistics_interval_ms,
         )
-        self.dead_letters = KafkaDeadLetterSink(
-            {**connection_config(kafka.config), **kafka.producer_config}, kafka.dead_letter_topic
+        connection = {**connection_config(kafka.config), **kafka.producer_config}
+        self.dead_letters = KafkaDeadLetterSink(connection, kafka.dead_letter_topic)
+        sinks = sinks if sinks is not None else [build_sink(spec, connection) for spec in settings.sinks]
+        outbox = settings.outbox
+        self.failpoints = Failpoints.from_env()
+        self.relay = OutboxRelay(
+            self.store, sinks, lambda: dict(self.ownership.epochs), self.metrics,
+            batch_size=outbox.batch_size, poll_interval_s=outbox.poll_interval_s,
+            retry_backoff_s=outbox.retry_backoff_s, max_backoff_s=outbox.max_backoff_s,
+            failpoints=self.failpoints,
         )
+        self.sinks = sinks
         self.metrics_server: MetricsServer | None = None
         # librdkafka clients are used from this one thread only, so their callbacks never race.
         self._kafka_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka")
         self._log_limiter = RateLimiter()
+        self._paused = False
+        self._backlog_checked_at = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish the batch in hand, commit and leave the group."""
+        self.ownership.loop = asyncio.get_running_loop()
+        await self.store.open()
         if self.settings.metrics.enabled and self.metrics_server is None:
             self.metrics_server = MetricsServer(
                 self.metrics, self.health, self.settings.metrics.host, self.settings.metrics.port
             ).start()
             log.info("metrics listening", port=self.metrics_server.port)
+        relay_stop = asyncio.Event()
+        relay_task = asyncio.create_task(self.relay.run(relay_stop))
         await self._in_kafka_thread(self.source.start)
         try:
             while not stop.is_set():
+                await self._apply_backpressure()
                 records = await self._in_kafka_thread(self.source.poll_batch)
                 self.health.beat()
                 self.metrics.beat()
                 self._update_readiness()
                 if records:
                     await self._handle(records, stop)
-                self.metrics.dedup_keys.set(self.windows.size())
+                else:
+                    await self._in_kafka_thread(self.source.retry_commits)
+                self.metrics.dedup_keys.set(self.ownership.dedup_size())
+                if relay_task.done():
+                    relay_task.result()  # a relay crash is a service crash, not a silent stall
         finally:
             self.health.set_ready(False, "shutting down")
+            relay_stop.set()
+            self.relay.wake()
+            await asyncio.gather(relay_task, return_exceptions=True)
+            await self.relay.drain(timeout_s=5.0)  # only now: two deliverers would repeat actions
             await self._in_kafka_thread(self.source.close)
             await self._in_kafka_thread(self.dead_letters.close)
             self._kafka_thread.shutdown(wait=True)
+            for sink in self.sinks:
+                await sink.close()
+            await self.store.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
             log.info("stopped", consumed=self.stats.consumed, dead_lettered=self.stats.dead_lettered)
 
-    async def _handle(self, records: list[Any], stop: asyncio.Event) -> None:
+    # one batch ---------------------------------------------------------------------------------
+
+    async def _handle(self, records: list[RawRecord], stop: asyncio.Event) -> None:
         started = time.perf_counter()
-        evicted_before = self.windows.evicted()
-        result = self.pipeline.process(records)
-        if not await self._publish_dead_letters(result, stop):
-            return  # stopping with dead letters unacknowledged: leave the offsets uncommitted
-        await self._in_kafka_thread(self.source.commit, result.next_offsets, result.last_timestamps)
-        self._record(records, result, time.perf_counter() - started, self.windows.evicted() - evicted_before)
+        evicted_before = self.ownership.dedup_evicted()
+        poisoned: dict[RecordId, Exception] = {}
+        attempt = 0
+        while records:
+            owned = [r for r in records if (r.topic, r.partition) in self.ownership.epochs]
+            if len(owned) < len(records):
+                records = owned  # partitions revoked meanwhile: their new owner reads them
+                continue
+            result = self.pipeline.prepare(records, poisoned)
+            batch = await self._apply(result)
+            if result.engine_failures:
+                poisoned.update(result.engine_failures)
+                self._forget(batch.touched if batch else {})
+                self.metrics.batch_retries.labels("engine_error").inc()
+                continue
+            if not await self._publish_dead_letters(result, stop):
+                return  # stopping with dead letters unacknowledged: nothing of this batch is committed
+            self.failpoints.hit("before_store_commit")
+            write = self._batch_write(result, batch)
+            commit_started = time.perf_counter()
+            try:
+                await self.store.commit(write)
+            except FencedError as exc:
+                log.warning("fenced: dropping partitions taken over by another member", error=str(exc))
+                self.ownership.partitions_revoked(exc.partitions, lost=True)
+                self.metrics.batch_retries.labels("fenced").inc()
+                continue
+            except ConflictError as exc:
+                self._forget(batch.touched if batch else {})
+                self.metrics.batch_retries.labels("conflict").inc()
+                await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+                attempt += 1
+                log.info("users changed concurrently; redoing the batch", users=len(exc.users))
+                continue
+            self.metrics.store_commit_seconds.observe(time.perf_counter() - commit_started)
+            self._after_commit(result, batch)
+            self.failpoints.hit("after_store_commit")
+            await self._in_kafka_thread(self.source.commit, result.next_offsets, result.last_timestamps)
+            self.relay.wake()
+            self._record(records, result, batch, time.perf_counter() - started,
+                         self.ownership.dedup_evicted() - evicted_before)
+            return
+
+    async def _apply(self, result: BatchResult) -> BatchEngine | None:
+        if self._custom_engine is not None:
+            self.pipeline.apply(result, self._custom_engine)
+            return None
+        users = result.users()
+        missing = [key for key in users if key not in self._cache]
+        loaded = await self.store.load_users(missing) if missing else {}
+        states = {}
+        for key in users:
+            state = self._cache.get(key) or loaded.get(key) or UserState(brand=key[0], user=key[1])
+            states[key] = state
+        batch = BatchEngine(self.rule_engine, states)
+        self.pipeline.apply(result, batch)
+        return batch
+
+    def _batch_write(self, result: BatchResult, batch: BatchEngine | None) -> BatchWrite:
+        partitions = set(result.next_offsets)
+        return BatchWrite(
+            epochs={tp: self.ownership.epochs[tp] for tp in partitions},
+            offsets=dict(result.next_offsets),
+            users=list(batch.touched.values()) if batch else [],
+            actions=[QueuedAction(tp, action) for tp, action in batch.actions] if batch else [],
+            history=list(batch.history) if batch else [],
+            dedup_added=result.dedup_added,
+            dedup_horizon=self._clock() - self.settings.dedup.window_seconds,
+        )
+
+    def _after_commit(self, result: BatchResult, batch: BatchEngine | None) -> None:
+        for tp, keys in result.dedup_added.items():
+            window = self.ownership.windows.get(tp)
+            if window is not None:
+                for digest, first_seen in keys:
+                    window.add(digest, first_seen)
+        if batch is not None:
+            for key, state in batch.touched.items():
+                state.version += 1
+                self._cache[key] = state
+
+    def _forget(self, users: Mapping[UserKey, UserState]) -> None:
+        """Drop cached states a failed attempt may have changed; the next attempt reloads them."""
+        for key in users:
+            self._cache.pop(key, None)
 
     async def _publish_dead_letters(self, result: BatchResult, stop: asyncio.Event) -> bool:
         for letter in result.dead_letters:
@@ -173,14 +337,34 @@ class Service:
                 )
                 return True
             except DeadLetterDeliveryError as exc:
-                delay = _DEAD_LETTER_RETRY_S[min(attempt, len(_DEAD_LETTER_RETRY_S) - 1)]
+                delay = _RETRY_S[min(attempt, len(_RETRY_S) - 1)]
                 log.error("dead letters not acknowledged; retrying before commit", error=str(exc), retry_in_s=delay)
                 attempt += 1
                 if stop.is_set():
                     return False
                 await asyncio.sleep(delay)
 
-    def _record(self, records: list[Any], result: BatchResult, seconds: float, evicted: int) -> None:
+    async def _apply_backpressure(self) -> None:
+        now = time.monotonic()
+        if not self.relay.sink_names or now - self._backlog_checked_at < _BACKLOG_CHECK_EVERY_S:
+            return
+        self._backlog_checked_at = now
+        backlog = await self.relay.backlog()
+        self.metrics.outbox_backlog.set(backlog)
+        limit = self.settings.outbox.max_backlog
+        if not self._paused and backlog >= limit:
+            log.warning("outbox backlog over the limit; pausing consumption until sinks catch up",
+                        backlog=backlog, limit=limit)
+            await self._in_kafka_thread(self.source.pause)
+            self._paused = True
+        elif self._paused and backlog < limit // 2:
+            log.info("outbox backlog drained; resuming consumption", backlog=backlog)
+            await self._in_kafka_thread(self.source.resume)
+            self._paused = False
+        self.metrics.paused.set(1 if self._paused else 0)
+
+    def _record(self, records: list[RawRecord], result: BatchResult, batch: BatchEngine | None, seconds: float,
+                evicted: int) -> None:
         stats, m = self.stats, self.metrics
         now = time.time()
         stats.first_record_at = stats.first_record_at or now
@@ -201,6 +385,12 @@ class Service:
             m.dedup_hits.labels(topic).inc(count)
         for event_type, count in result.events_by_type.items():
             m.events.labels(event_type).inc(count)
+        if batch is not None:
+            stats.actions += len(batch.actions)
+            for _, action in batch.actions:
+                m.actions.labels(action.action.value).inc()
+            for entry in batch.history:
+                m.rule_outcomes.labels(entry.outcome).inc()
         stats.events_applied += result.events_applied
         if evicted:
             m.dedup_evictions.inc(evicted)

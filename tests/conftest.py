@@ -4,7 +4,8 @@ Everything here is exposed as a fixture (tests never import this module), so the
 working whatever pytest import mode is configured:
 
 - ``kafka``: one fresh :class:`EmbeddedKafka` per test (cheap; it dies with the test).
-- ``make_settings``: service settings pointing at that cluster, metrics on a free local port.
+- ``make_settings``: service settings pointing at that cluster and a per-test store, metrics on a
+  free local port.
 - ``recording_engine``: factory of :class:`RecordingEngine` (an engine that remembers every event
   it was given, in order, with the instance that applied it).
 - ``producer``: factory of :class:`TestProducer` (records where every message landed).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import threading
 import time
 import urllib.error
@@ -27,6 +29,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,11 +71,12 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_settings(kafka: EmbeddedKafka) -> Callable[..., Settings]:
+def make_settings(kafka: EmbeddedKafka, tmp_path: Path) -> Callable[..., Settings]:
     """``make_settings(topics={"payments": ["payments"]}, group="g", **overrides)``.
 
     Defaults: a group id unique to the call, a short poll timeout, metrics on 127.0.0.1 port 0, the
-    reference adapter. ``overrides`` are deep-merged (``kafka={"batch_size": 50}`` keeps the rest)."""
+    reference adapter, a SQLite store in the test's own directory. ``overrides`` are deep-merged
+    (``kafka={"batch_size": 50}`` keeps the rest)."""
 
     def make(topics: Mapping[str, Sequence[str]], group: str | None = None, **overrides: Any) -> Settings:
         base: dict[str, Any] = {
@@ -87,6 +91,9 @@ def make_settings(kafka: EmbeddedKafka) -> Callable[..., Settings]:
                 "dead_letter_flush_timeout_s": 10.0,
             },
             "metrics": {"port": 0, "host": "127.0.0.1"},
+            # One store per test, shared by every service instance the test starts (like one
+            # consumer group sharing one database); never the default path in the working tree.
+            "store": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
         }
         return load_settings(environ={}, **_merge(base, overrides))
 
@@ -173,6 +180,9 @@ class TestProducer:
                 "enable.idempotence": True,
                 "linger.ms": 2,
                 "message.max.bytes": 4_000_000,
+                # librdkafka's own log lines (e.g. reconnects once a test's cluster is gone) go to a
+                # Python logger instead of straight to stderr.
+                "logger": logging.getLogger("tests.rdkafka.producer"),
                 **config,
             }
         )
@@ -327,6 +337,7 @@ class Broker:
                 "group.id": group,
                 "enable.auto.commit": False,
                 "enable.partition.eof": False,
+                "logger": logging.getLogger("tests.rdkafka.broker"),
             }
         )
 

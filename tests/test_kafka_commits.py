@@ -1,7 +1,9 @@
-"""Commits against the embedded Kafka: an offset commit that the group coordinator refuses while the
-group rebalances (REBALANCE_IN_PROGRESS / ILLEGAL_GENERATION) must not leave a handled partition
-uncommitted for as long as the service runs. Otherwise the lag of an idle partition never returns to
-0 (a false alert) and the next owner of the partition re-applies records that were already handled."""
+"""Kafka commits against the embedded Kafka: an offset commit that the group coordinator refuses
+while the group rebalances (REBALANCE_IN_PROGRESS / ILLEGAL_GENERATION) must not leave a handled
+partition uncommitted on the broker for as long as the service runs. The store holds the offsets the
+service resumes from, but the broker's committed offset is what lag tools, dashboards and the
+service's own smartico_stream_consumer_lag_messages read: left behind, an idle partition shows lag
+forever (a false alert), and a consumer without the store would re-read handled records."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.kafka
 
 BASE_MS = 1_700_000_000_000
 # The mock coordinator's join phase lasts session.timeout.ms - 1 s (see test_kafka_rebalance.py).
-GROUP_CONFIG = {"session.timeout.ms": 4000, "heartbeat.interval.ms": 250}
+GROUP_CONFIG = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250}
 
 
 def deposit(n: int) -> bytes:

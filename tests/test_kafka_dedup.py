@@ -138,10 +138,10 @@ def test_dedup_window_holds_at_most_max_entries_and_counts_evictions(
             await running.wait_until(lambda: service.stats.consumed >= 30, "30 records")
             assert service.stats.processed == 30
             assert len(engine.events) == 30
-            sizes = {tp: len(w) for tp, w in service.windows.windows.items() if len(w)}
+            sizes = {tp: len(w) for tp, w in service.ownership.windows.items() if len(w)}
             assert list(sizes.values()) == [10], sizes
-            assert service.windows.size() == 10
-            assert service.windows.evicted() == 20
+            assert service.ownership.dedup_size() == 10
+            assert service.ownership.dedup_evicted() == 20
             assert sample(service, "smartico_stream_dedup_evictions_total") == 20
             await running.wait_until(
                 lambda: sample(service, "smartico_stream_dedup_window_keys") == 10, "the window-keys gauge"
@@ -154,8 +154,8 @@ def test_dedup_window_holds_at_most_max_entries_and_counts_evictions(
             await running.wait_until(lambda: service.stats.consumed >= 32, "the two copies")
             assert [e.event_id for e in engine.events[30:]] == ["bound-0"]
             assert service.stats.deduplicated == 1
-            assert service.windows.size() == 10  # still bounded after the re-insert
-            assert service.windows.evicted() == 21
+            assert service.ownership.dedup_size() == 10  # still bounded after the re-insert
+            assert service.ownership.dedup_evicted() == 21
 
     asyncio.run(scenario())
     assert sample(service, "smartico_stream_dedup_evictions_total") == 21
@@ -164,10 +164,11 @@ def test_dedup_window_holds_at_most_max_entries_and_counts_evictions(
 def test_profile_updates_of_two_users_at_the_same_millisecond_are_not_repeats(
     make_settings, producer, recording_engine, run_service
 ):
-    """Two different users' profile records are different events, even when their ``dt_update``
-    (the only thing the reference adapter builds a profile's event id from) is equal: e.g. a bulk
-    import stamping every row with the same time. They share a partition whenever their keys hash
-    alike (with 4 partitions, a quarter of all user pairs); here both are put on partition 0."""
+    """Two different users' profile records are different events, even when their ``dt_update`` is
+    equal (e.g. a bulk import stamping every row with the same time). Profiles carry no id of their
+    own, so the adapter derives one, and the dedup key is brand + type + that id: it must include the
+    user, or the second profile is dropped as a repeat. Users share a partition whenever their keys
+    hash alike (with 4 partitions, a quarter of all user pairs); here both are put on partition 0."""
     p = producer()
     p.ensure_topics("user_profile")
     settings = make_settings(topics={"profile": ["user_profile"]})

@@ -9,11 +9,13 @@ every produced record is handled and committed, and returns a summary.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
@@ -39,6 +41,8 @@ class DemoSummary:
     deduplicated: int = 0
     dead_lettered: int = 0
     events_applied: int = 0
+    actions: int = 0
+    actions_delivered: int = 0
     events_per_s: float = 0.0
     max_lag: int = 0
     duration_s: float = 0.0
@@ -50,7 +54,12 @@ class DemoSummary:
         return asdict(self)
 
 
-def demo_settings(bootstrap_servers: str, metrics_port: int) -> Settings:
+SAMPLE_RULES = Path(__file__).with_name("rules.yaml")
+
+
+def demo_settings(bootstrap_servers: str, metrics_port: int, workdir: Path) -> Settings:
+    """The demo's configuration: embedded Kafka, the sample rules, a scratch SQLite store and a
+    JSONL action sink in ``workdir``."""
     return load_settings(
         kafka={
             "config": {
@@ -63,6 +72,11 @@ def demo_settings(bootstrap_servers: str, metrics_port: int) -> Settings:
         },
         metrics={"port": metrics_port, "host": "127.0.0.1"},
         limits={"max_message_bytes": DEMO_MAX_MESSAGE_BYTES},
+        store={"url": f"sqlite:///{workdir / 'state.db'}"},
+        engine={"rules": str(SAMPLE_RULES)},
+        sinks=[{"type": "jsonl", "path": str(workdir / "actions.jsonl"), "fsync": False}],
+        outbox={"poll_interval_s": 0.1},
+        environ={},
     )
 
 
@@ -116,8 +130,8 @@ async def run_demo(
     max_ahead: int = 5_000,
 ) -> DemoSummary:
     started = time.monotonic()
-    with EmbeddedKafka() as kafka:
-        settings = demo_settings(kafka.bootstrap_servers, metrics_port)
+    with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory(prefix="smartico-demo-") as workdir:
+        settings = demo_settings(kafka.bootstrap_servers, metrics_port, Path(workdir))
         service = Service(settings)
         spec = StreamSpec(users=users, events=events, oversized_bytes=DEMO_MAX_MESSAGE_BYTES + 4096)
         deadline = started + duration_s if duration_s else None
@@ -143,7 +157,7 @@ async def run_demo(
                 progress(
                     f"produced {feeder.produced:>7}  consumed {service.stats.consumed:>7}  "
                     f"dedup {service.stats.deduplicated:>5}  dead {service.stats.dead_lettered:>4}  "
-                    f"lag {lag:>6}  {rate:>8.0f} rec/s"
+                    f"actions {service.stats.actions:>6}  lag {lag:>6}  {rate:>8.0f} rec/s"
                 )
                 last_consumed, last_tick = service.stats.consumed, now
             if feeder.error is not None:
@@ -161,6 +175,9 @@ async def run_demo(
         summary.deduplicated = stats.deduplicated
         summary.dead_lettered = stats.dead_lettered
         summary.events_applied = stats.events_applied
+        summary.actions = stats.actions
+        actions_file = Path(workdir) / "actions.jsonl"
+        summary.actions_delivered = len(actions_file.read_bytes().splitlines()) if actions_file.exists() else 0
         summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
         summary.expected = dict(sorted(feeder.kinds.items()))
         summary.duration_s = round(time.monotonic() - started, 2)

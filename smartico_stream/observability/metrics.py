@@ -106,6 +106,33 @@ class Metrics:
             "smartico_stream_poll_loop_heartbeat_timestamp_seconds", "Unix time the poll loop last turned", registry=r
         )
         self.ready = Gauge("smartico_stream_ready", "1 when connected and joined to the consumer group", registry=r)
+        self.actions = Counter(
+            "smartico_stream_actions", "Actions emitted by rules (committed to the outbox), by action", ["action"],
+            registry=r,
+        )
+        self.rule_outcomes = Counter(
+            "smartico_stream_rule_outcomes", "Rule history entries, by outcome (executed, skipped, qualified, ...)",
+            ["outcome"], registry=r,
+        )
+        self.store_commit_seconds = Histogram(
+            "smartico_stream_store_commit_seconds", "Time of one batch's store transaction",
+            buckets=_BATCH_SECONDS_BUCKETS, registry=r,
+        )
+        self.batch_retries = Counter(
+            "smartico_stream_batch_retries", "Batches redone, by reason (fenced, conflict, engine_error)",
+            ["reason"], registry=r,
+        )
+        self.sink_deliveries = Counter(
+            "smartico_stream_sink_deliveries", "Actions delivered to sinks, by sink and result", ["sink", "result"],
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "smartico_stream_outbox_backlog", "Committed actions not yet delivered to every sink (owned partitions)",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "smartico_stream_consumption_paused", "1 while consumption waits for sinks to drain the outbox", registry=r
+        )
 
     def beat(self) -> float:
         now = time.time()

@@ -43,17 +43,28 @@ class DedupWindow:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def check_and_add(self, digest: int) -> bool:
-        """True when ``digest`` is a repeat inside the window; otherwise remember it and return False."""
-        now = self._clock()
-        self._expire(now)
-        first_seen = self._seen.get(digest)
-        if first_seen is not None:
-            return True
-        self._seen[digest] = now
+    def now(self) -> float:
+        return self._clock()
+
+    def contains(self, digest: int) -> bool:
+        """True when ``digest`` was first seen inside the window."""
+        self._expire(self._clock())
+        return digest in self._seen
+
+    def add(self, digest: int, first_seen: float) -> None:
+        """Remember a key (once its batch is committed); the oldest key goes when the window is full."""
+        if digest in self._seen:
+            return
+        self._seen[digest] = first_seen
         if len(self._seen) > self._max_entries:
             self._seen.popitem(last=False)
             self.evicted += 1
+
+    def check_and_add(self, digest: int) -> bool:
+        """True when ``digest`` is a repeat inside the window; otherwise remember it and return False."""
+        if self.contains(digest):
+            return True
+        self.add(digest, self._clock())
         return False
 
     def _expire(self, now: float) -> None:

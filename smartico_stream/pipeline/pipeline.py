@@ -3,6 +3,10 @@
 Every record ends in exactly one of three results, counted per topic: ``ok`` (its events were
 applied), ``deduplicated`` (all its events were repeats inside the window) or ``dead_lettered``.
 Nothing here raises for a bad record: the worst a record can do is become a dead letter.
+
+Nothing here is durable either: new dedup keys are *staged* in the result, and the caller adds them
+to the windows only once the batch is committed, so a batch that must be redone sees the same
+windows the second time.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from smartico_stream.adapters.base import Adapter, RecordContext
 from smartico_stream.engine.base import Engine, UserKey
 from smartico_stream.events.models import CanonicalEvent, SourceCoordinates
 from smartico_stream.events.raw import RawRecord, Stream
-from smartico_stream.pipeline.dedup import DedupWindow, dedup_digest
+from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
 from smartico_stream.pipeline.errors import (
     DeadLetter,
     DecodeError,
@@ -31,6 +35,9 @@ OK = "ok"
 DEDUPLICATED = "deduplicated"
 DEAD_LETTERED = "dead_lettered"
 
+RecordId = tuple[str, int, int]  # topic, partition, offset
+PartitionId = tuple[str, int]
+
 
 @dataclass(frozen=True, slots=True)
 class PipelineLimits:
@@ -39,55 +46,70 @@ class PipelineLimits:
 
 
 @dataclass(slots=True)
+class Accepted:
+    record: RawRecord
+    events: list[CanonicalEvent]
+
+
+@dataclass(slots=True)
 class BatchResult:
     """What happened to one batch."""
 
     results: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, result) -> records
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
     events_applied: int = 0
     events_by_type: Counter[str] = field(default_factory=Counter)
     duplicates_by_topic: Counter[str] = field(default_factory=Counter)  # events dropped as repeats
     # (topic, partition) -> offset of the next record to read: every record before it is handled.
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offsets: dict[PartitionId, int] = field(default_factory=dict)
     # (topic, partition) -> broker timestamp (ms) of the last record handled
-    last_timestamps: dict[tuple[str, int], int] = field(default_factory=dict)
+    last_timestamps: dict[PartitionId, int] = field(default_factory=dict)
+    # dedup keys first seen in this batch: add them to the windows once the batch is committed
+    dedup_added: dict[PartitionId, list[tuple[int, float]]] = field(default_factory=dict)
+    # records whose events the engine could not apply (the caller redoes the batch without them)
+    engine_failures: dict[RecordId, Exception] = field(default_factory=dict)
 
-
-@dataclass(slots=True)
-class _Accepted:
-    record: RawRecord
-    events: list[CanonicalEvent]
+    def users(self) -> list[UserKey]:
+        """Users with events in this batch, in first-seen order."""
+        return list(dict.fromkeys(e.user_key for item in self.accepted for e in item.events))
 
 
 DedupLookup = Callable[[str, int], DedupWindow | None]
 
 
 class Pipeline:
-    """Turns raw records into applied events. Owns no I/O: the caller publishes dead letters and
-    commits ``next_offsets`` only after that (checkpoint order: dead letters, state, offsets)."""
+    """Turns raw records into events and hands them to an engine. Owns no I/O."""
 
     def __init__(
         self,
         adapter: Adapter,
-        engine: Engine,
         stream_of_topic: Mapping[str, Stream],
         dedup_window_for: DedupLookup | None = None,
         limits: PipelineLimits = PipelineLimits(),
+        clock: Clock | None = None,
     ) -> None:
         self._adapter = adapter
-        self._engine = engine
         self._stream_of_topic = dict(stream_of_topic)
         self._dedup_window_for = dedup_window_for
         self._limits = limits
+        self._clock = clock
 
-    def process(self, records: Sequence[RawRecord]) -> BatchResult:
+    def prepare(self, records: Sequence[RawRecord], poisoned: Mapping[RecordId, Exception] = {}) -> BatchResult:
+        """Decode, adapt and dedup. ``poisoned`` records (the engine failed on them in an earlier
+        attempt at this batch) are dead-lettered with that error instead."""
         result = BatchResult()
-        accepted: list[_Accepted] = []
+        seen_now: set[tuple[PartitionId, int]] = set()
+        now = self._clock() if self._clock else None
         for record in records:
             coordinates = (record.topic, record.partition)
             result.next_offsets[coordinates] = record.offset + 1
             if record.timestamp_ms:
                 result.last_timestamps[coordinates] = record.timestamp_ms
+            error = poisoned.get((record.topic, record.partition, record.offset))
+            if error is not None:
+                self._dead_letter(result, record, "engine", error)
+                continue
             try:
                 message, context = self._decode(record)
             except Exception as exc:  # noqa: BLE001 - any failure on one record dead-letters it
@@ -98,15 +120,47 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - an adapter bug is a dead letter, not a crash
                 self._dead_letter(result, record, "adapt", exc)
                 continue
-            fresh = self._drop_repeats(record, events)
+            fresh = self._drop_repeats(record, events, result, seen_now, now)
             if len(fresh) < len(events):
                 result.duplicates_by_topic[record.topic] += len(events) - len(fresh)
             if events and not fresh:
                 result.results[(record.topic, DEDUPLICATED)] += 1
                 continue
-            accepted.append(_Accepted(record, fresh))
-        self._apply(accepted, result)
+            result.accepted.append(Accepted(record, fresh))
         return result
+
+    def apply(self, result: BatchResult, engine: Engine) -> BatchResult:
+        """Hand each user's events to the engine in source order; count outcomes."""
+        by_user: dict[UserKey, list[tuple[Accepted, CanonicalEvent]]] = {}
+        for item in result.accepted:
+            for event in item.events:
+                by_user.setdefault(event.user_key, []).append((item, event))
+        failed: dict[int, Exception] = {}
+        for user, pairs in by_user.items():
+            try:
+                errors = engine.apply_user_events(user, [event for _, event in pairs])
+            except Exception as exc:  # noqa: BLE001 - an engine bug on one user must not stop the others
+                errors = [(0, exc)]
+            failed_indexes = set()
+            for index, exc in errors:
+                failed.setdefault(id(pairs[index][0]), exc)
+                failed_indexes.add(index)
+            for index, (_, event) in enumerate(pairs):
+                if index not in failed_indexes:
+                    result.events_by_type[event.type] += 1
+            result.events_applied += len(pairs) - len(failed_indexes)
+        for item in result.accepted:
+            exc = failed.get(id(item))
+            if exc is not None:
+                record = item.record
+                result.engine_failures[(record.topic, record.partition, record.offset)] = exc
+            else:
+                result.results[(item.record.topic, OK)] += 1
+        return result
+
+    def process(self, records: Sequence[RawRecord], engine: Engine) -> BatchResult:
+        """prepare + apply, for callers with no store to consult in between."""
+        return self.apply(self.prepare(records), engine)
 
     def _decode(self, record: RawRecord) -> tuple[dict[str, object], RecordContext]:
         value = record.value
@@ -145,38 +199,27 @@ class Pipeline:
             event.source = coordinates
         return events
 
-    def _drop_repeats(self, record: RawRecord, events: list[CanonicalEvent]) -> list[CanonicalEvent]:
+    def _drop_repeats(
+        self,
+        record: RawRecord,
+        events: list[CanonicalEvent],
+        result: BatchResult,
+        seen_now: set[tuple[PartitionId, int]],
+        now: float | None,
+    ) -> list[CanonicalEvent]:
         window = self._dedup_window_for(record.topic, record.partition) if self._dedup_window_for else None
         if window is None:
             return events
-        return [e for e in events if not window.check_and_add(dedup_digest(e.brand_id, e.type, e.event_id))]
-
-    def _apply(self, accepted: list[_Accepted], result: BatchResult) -> None:
-        # Group by user, keeping each user's events in source order; users are independent.
-        by_user: dict[UserKey, list[tuple[_Accepted, CanonicalEvent]]] = {}
-        for item in accepted:
-            for event in item.events:
-                by_user.setdefault(event.user_key, []).append((item, event))
-        failed: dict[int, tuple[_Accepted, Exception]] = {}
-        for user, pairs in by_user.items():
-            try:
-                errors = self._engine.apply_user_events(user, [event for _, event in pairs])
-            except Exception as exc:  # noqa: BLE001 - an engine bug on one user must not stop the others
-                errors = [(index, exc) for index in range(len(pairs))]
-            result.events_applied += len(pairs) - len(errors)
-            failed_indexes = set()
-            for index, exc in errors:
-                item = pairs[index][0]
-                failed.setdefault(id(item), (item, exc))
-                failed_indexes.add(index)
-            for index, (_, event) in enumerate(pairs):
-                if index not in failed_indexes:
-                    result.events_by_type[event.type] += 1
-        for item in accepted:
-            if id(item) in failed:
-                self._dead_letter(result, item.record, "engine", failed[id(item)][1])
-            else:
-                result.results[(item.record.topic, OK)] += 1
+        partition = (record.topic, record.partition)
+        fresh = []
+        for event in events:
+            digest = dedup_digest(event.brand_id, event.type, event.event_id)
+            if (partition, digest) in seen_now or window.contains(digest):
+                continue
+            seen_now.add((partition, digest))
+            result.dedup_added.setdefault(partition, []).append((digest, now if now is not None else window.now()))
+            fresh.append(event)
+        return fresh
 
     @staticmethod
     def _dead_letter(result: BatchResult, record: RawRecord, stage: str, exc: Exception) -> None:
@@ -189,3 +232,4 @@ def _json_kind(value: object) -> str:
     return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
         type(value), "null" if value is None else type(value).__name__
     )
+

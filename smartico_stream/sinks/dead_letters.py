@@ -6,6 +6,7 @@ offset only after its dead letter is acknowledged (invariant 2)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -50,7 +51,13 @@ class KafkaDeadLetterSink:
     """Produces dead letters to a Kafka topic with an idempotent producer."""
 
     def __init__(self, producer_config: Mapping[str, Any], topic: str, max_value_bytes: int = 512 * 1024) -> None:
-        config = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, **producer_config}
+        config = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "logger": logging.getLogger("smartico_stream.rdkafka"),
+            **producer_config,
+        }
         self._producer = Producer(config)
         self._topic = topic
         self._max_value_bytes = max_value_bytes

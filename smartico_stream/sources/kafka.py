@@ -47,7 +47,9 @@ def connection_config(consumer_config: Mapping[str, Any]) -> dict[str, Any]:
 class PartitionListener(Protocol):
     """Told about partition ownership changes, from inside the consumer's calls."""
 
-    def partitions_assigned(self, partitions: list[PartitionId]) -> None: ...
+    def partitions_assigned(self, partitions: list[PartitionId]) -> Mapping[PartitionId, int] | None:
+        """Returns where to resume each partition (from the store), or None for the committed offset."""
+        ...
 
     def partitions_revoked(self, partitions: list[PartitionId], lost: bool) -> None: ...
 
@@ -82,6 +84,8 @@ class KafkaSource:
         self._poll_timeout_s = poll_timeout_s
         self._assigned: set[PartitionId] = set()
         self._handled: dict[PartitionId, int] = {}  # next offset to commit, per owned partition
+        self._unacknowledged: dict[PartitionId, int] = {}  # committed but not yet acknowledged
+        self._last_commit_attempt = 0.0
         self._last_timestamp_ms: dict[PartitionId, int] = {}
         self.lag: dict[PartitionId, PartitionLag] = {}
         config = {**_DEFAULTS, "statistics.interval.ms": statistics_interval_ms, **consumer_config, **_ENFORCED}
@@ -132,19 +136,38 @@ class KafkaSource:
             records.append(_to_record(message))
         return records
 
+    def pause(self) -> None:
+        """Stop fetching (keep polling, so the group membership stays alive)."""
+        self._consumer.pause([TopicPartition(t, p) for t, p in self._assigned])
+
+    def resume(self) -> None:
+        self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned])
+
     def commit(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> None:
         """Commit (asynchronously) that every record before ``next_offsets`` is handled. Partitions no
         longer owned are skipped: their new owner decides."""
-        owned = [(tp, offset) for tp, offset in next_offsets.items() if tp in self._assigned]
-        if not owned:
-            return
-        for tp, offset in owned:
-            self._handled[tp] = offset
+        for tp, offset in next_offsets.items():
+            if tp in self._assigned:
+                self._handled[tp] = offset
+                self._unacknowledged[tp] = offset
         for tp, ts in last_timestamps.items():
             if tp in self._assigned:
                 self._last_timestamp_ms[tp] = ts
+        self._commit_unacknowledged()
+
+    def retry_commits(self, min_interval_s: float = 1.0) -> None:
+        """Commit again what the broker has not acknowledged (a commit refused during a rebalance),
+        so an idle partition's lag does not stay inflated until the next record."""
+        if self._unacknowledged and time.monotonic() - self._last_commit_attempt >= min_interval_s:
+            self._commit_unacknowledged()
+
+    def _commit_unacknowledged(self) -> None:
+        pending = [(tp, offset) for tp, offset in self._unacknowledged.items() if tp in self._assigned]
+        if not pending:
+            return
+        self._last_commit_attempt = time.monotonic()
         self._consumer.commit(
-            offsets=[TopicPartition(topic, partition, offset) for (topic, partition), offset in owned],
+            offsets=[TopicPartition(topic, partition, offset) for (topic, partition), offset in pending],
             asynchronous=True,
         )
 
@@ -152,11 +175,16 @@ class KafkaSource:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [(tp.topic, tp.partition) for tp in partitions]
+        start = self._listener.partitions_assigned(ids) or {}
+        for tp in partitions:
+            offset = start.get((tp.topic, tp.partition))
+            if offset is not None:
+                tp.offset = offset  # the store, not the broker, knows what was applied
+        consumer.incremental_assign(partitions)
         self._assigned.update(ids)
         self._metrics.rebalances.labels("assigned").inc()
         self._update_assignment_gauge()
-        log.info("partitions assigned", partitions=_fmt(ids))
-        self._listener.partitions_assigned(ids)
+        log.info("partitions assigned", partitions=_fmt(ids), resume={f"{t}[{p}]": o for (t, p), o in start.items()})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         ids = [(tp.topic, tp.partition) for tp in partitions]
@@ -177,6 +205,7 @@ class KafkaSource:
         for tp in ids:
             self._assigned.discard(tp)
             self._handled.pop(tp, None)
+            self._unacknowledged.pop(tp, None)
             self._last_timestamp_ms.pop(tp, None)
             self.lag.pop(tp, None)
             self._metrics.forget_partition(*tp)
@@ -193,8 +222,11 @@ class KafkaSource:
         self._metrics.commits.labels("success").inc()
         self._metrics.last_commit.set(time.time())
         for tp in partitions:
-            if tp.error is None and tp.offset >= 0 and (tp.topic, tp.partition) in self._assigned:
+            key = (tp.topic, tp.partition)
+            if tp.error is None and tp.offset >= 0 and key in self._assigned:
                 self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(tp.offset)
+                if self._unacknowledged.get(key, -1) <= tp.offset:
+                    self._unacknowledged.pop(key, None)
 
     def _on_stats(self, stats_json: str) -> None:
         stats = orjson.loads(stats_json)

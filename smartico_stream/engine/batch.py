@@ -1,0 +1,41 @@
+"""The pipeline's Engine for one batch: evaluates rules on preloaded user states and collects what
+the batch changes (states, actions, history) for the store to commit in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from smartico_stream.engine.actions import Action
+from smartico_stream.engine.base import UserKey
+from smartico_stream.engine.evaluator import Evaluation, HistoryEntry, RuleEngine
+from smartico_stream.engine.state import UserState
+from smartico_stream.events.models import CanonicalEvent
+
+PartitionId = tuple[str, int]
+
+
+@dataclass
+class BatchEngine:
+    rules: RuleEngine
+    states: Mapping[UserKey, UserState]
+    touched: dict[UserKey, UserState] = field(default_factory=dict)
+    actions: list[tuple[PartitionId, Action]] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+
+    def apply_user_events(self, user: UserKey, events: Sequence[CanonicalEvent]) -> list[tuple[int, Exception]]:
+        state = self.states[user]
+        self.touched[user] = state
+        errors: list[tuple[int, Exception]] = []
+        for index, event in enumerate(events):
+            out = Evaluation()
+            try:
+                self.rules.evaluate(state, event, out)
+            except Exception as exc:  # noqa: BLE001 - reported per event; the caller redoes the batch without it
+                errors.append((index, exc))
+                continue
+            source = event.source
+            partition = (source.topic, source.partition or 0) if source is not None else ("", 0)
+            self.actions.extend((partition, action) for action in out.actions)
+            self.history.extend(out.history)
+        return errors

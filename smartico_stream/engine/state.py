@@ -1,0 +1,282 @@
+"""Per-user state: profile fields, aggregates, platform aggregates, points, level, tags, rule progress.
+
+State holds no personal data: profile events contribute ``has_email``/``has_phone`` flags, never the
+email or phone themselves (the PII guard keeps those in their own store). The state serialises to
+JSON with Decimals as strings, so a round trip through the store is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from smartico_stream.engine.conditions import FieldType
+from smartico_stream.events.models import (
+    AccountStatus,
+    CanonicalEvent,
+    CasinoBet,
+    CasinoWin,
+    EventType,
+    Payment,
+    PlatformAggregates,
+    SportBetOpen,
+    SportBetSettled,
+    UserProfile,
+)
+
+ZERO = Decimal(0)
+
+
+@dataclass(slots=True)
+class RuleProgress:
+    """One user's progress on one rule."""
+
+    remainder: Decimal = ZERO  # accumulation carried to the next event
+    executions: int = 0  # executions ever (once-in-a-lifetime looks at this)
+    qualified_at: datetime | None = None
+    qualified_until: datetime | None = None  # None with qualified_at set: no qualification period
+    iterations: int = 0  # completions since the last qualification
+
+    def is_qualified(self, at: datetime) -> bool:
+        return self.qualified_at is not None and (self.qualified_until is None or at <= self.qualified_until)
+
+
+@dataclass(slots=True)
+class UserState:
+    """Everything rules may know about one user. Fields read by conditions are listed in
+    :data:`USER_SCHEMA`; ``smartico-stream rules fields`` prints them."""
+
+    brand: str
+    user: str
+    # profile
+    account_status: str | None = None
+    registration_date: datetime | None = None
+    language: str | None = None
+    wallet_currency: str | None = None
+    country: str | None = None
+    birthdate: datetime | None = None
+    username: str | None = None
+    gender: str | None = None
+    kyc_status: str | None = None
+    affiliate_id: int | None = None
+    affiliate_str: str | None = None
+    is_email_disabled_by_platform: bool | None = None
+    is_sms_disabled_by_platform: bool | None = None
+    has_email: bool = False
+    has_phone: bool = False
+    custom: dict[str, Any] = field(default_factory=dict)  # operator custom properties of the profile
+    # aggregates the engine maintains (totals per currency)
+    deposit_count: int = 0
+    deposit_total: dict[str, Decimal] = field(default_factory=dict)
+    failed_deposit_count: int = 0
+    withdrawal_count: int = 0  # completed withdrawals
+    withdrawal_total: dict[str, Decimal] = field(default_factory=dict)
+    withdrawal_requested_count: int = 0
+    bet_count: int = 0
+    bet_total: dict[str, Decimal] = field(default_factory=dict)
+    win_count: int = 0
+    win_total: dict[str, Decimal] = field(default_factory=dict)
+    sport_bet_count: int = 0
+    sport_stake_total: dict[str, Decimal] = field(default_factory=dict)
+    sport_win_count: int = 0
+    first_deposit_time: datetime | None = None
+    last_deposit_time: datetime | None = None
+    last_deposit_amount: Decimal | None = None
+    last_bet_time: datetime | None = None
+    last_event_time: datetime | None = None
+    # aggregates the platform computed, taken as given when an event carries them (the spec
+    # recommends platform-side aggregation); one field per PlatformAggregates field
+    platform_total_deposit_amount: Decimal | None = None
+    platform_total_deposit_count: int | None = None
+    platform_total_withdrawal_amount: Decimal | None = None
+    platform_total_withdrawal_count: int | None = None
+    platform_total_bet_amount: Decimal | None = None
+    platform_total_bet_count: int | None = None
+    platform_total_win_amount: Decimal | None = None
+    platform_total_win_count: int | None = None
+    platform_first_deposit_time: datetime | None = None
+    platform_last_deposit_time: datetime | None = None
+    # gamification
+    points: Decimal = ZERO
+    level: int | None = None
+    tags: set[str] = field(default_factory=set)
+    rules: dict[str, RuleProgress] = field(default_factory=dict)
+    version: int = 0  # store version this state was loaded at (optimistic concurrency)
+
+    @property
+    def is_active(self) -> bool:
+        """Only ACTIVE users get marketing actions; a user with no profile yet counts as the spec's
+        default for a new account, ACTIVE."""
+        return self.account_status in (None, AccountStatus.ACTIVE)
+
+    def progress(self, rule_id: str) -> RuleProgress:
+        found = self.rules.get(rule_id)
+        if found is None:
+            found = self.rules[rule_id] = RuleProgress()
+        return found
+
+    def currency_for(self, event: CanonicalEvent) -> str | None:
+        """The currency an event's amounts are in: the user's wallet currency, else the event's."""
+        return self.wallet_currency or getattr(event, "currency", None)
+
+    # serialisation -----------------------------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        # The version lives in its own store column, not in the document.
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "version"}
+        data["tags"] = sorted(self.tags)
+        data["rules"] = {rid: {f.name: getattr(p, f.name) for f in fields(p)} for rid, p in sorted(self.rules.items())}
+        return orjson.dumps(data, default=_encode, option=orjson.OPT_SORT_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> UserState:
+        data = orjson.loads(raw)
+        for name in _DATETIME_FIELDS:
+            data[name] = _dt(data.get(name))
+        for name in _DECIMAL_MAP_FIELDS:
+            data[name] = {k: Decimal(v) for k, v in (data.get(name) or {}).items()}
+        data["points"] = Decimal(data.get("points", "0"))
+        for name in _OPTIONAL_DECIMAL_FIELDS:
+            if data.get(name) is not None:
+                data[name] = Decimal(data[name])
+        data["tags"] = set(data.get("tags") or ())
+        data["rules"] = {
+            rid: RuleProgress(
+                remainder=Decimal(p["remainder"]),
+                executions=p["executions"],
+                qualified_at=_dt(p["qualified_at"]),
+                qualified_until=_dt(p["qualified_until"]),
+                iterations=p["iterations"],
+            )
+            for rid, p in (data.get("rules") or {}).items()
+        }
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+_DATETIME_FIELDS = tuple(
+    f.name for f in fields(UserState) if "datetime" in str(f.type)
+)
+_DECIMAL_MAP_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type).startswith("dict[str, Decimal]"))
+_OPTIONAL_DECIMAL_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type) == "Decimal | None")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, set):
+        return sorted(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+# What conditions may read as user.*; derived from the dataclass so the two cannot drift.
+def _field_type(name: str, annotation: str) -> FieldType | None:
+    if name in ("rules", "version"):
+        return None
+    if name in ("brand", "user"):
+        return FieldType.STRING
+    if name == "tags":
+        return FieldType.STRING_SET
+    if name == "custom":
+        return FieldType.ANY_MAP
+    if annotation.startswith("dict[str, Decimal]"):
+        return FieldType.NUMBER_MAP
+    if "datetime" in annotation:
+        return FieldType.TIMESTAMP
+    if annotation.startswith("bool"):
+        return FieldType.BOOL
+    if annotation.startswith(("int", "Decimal")):
+        return FieldType.NUMBER
+    return FieldType.STRING
+
+
+USER_SCHEMA: dict[str, FieldType] = {
+    f"user.{f.name}": t for f in fields(UserState) if (t := _field_type(f.name, str(f.type))) is not None
+}
+USER_SCHEMA["user.is_active"] = FieldType.BOOL
+
+
+# Applying events -------------------------------------------------------------------------------
+
+
+def _add(totals: dict[str, Decimal], currency: str | None, amount: Decimal) -> None:
+    key = currency or "?"
+    totals[key] = totals.get(key, ZERO) + amount
+
+
+def apply_event(state: UserState, event: CanonicalEvent) -> None:
+    """Fold one event into the user's profile and aggregates (before rules see it, so a rule
+    triggered by a deposit sees a deposit count that includes it)."""
+    state.last_event_time = event.event_time
+    if event.aggregates is not None:
+        _apply_platform_aggregates(state, event.aggregates)
+    if isinstance(event, UserProfile):
+        _apply_profile(state, event)
+        return
+    currency = state.currency_for(event)
+    event_type = event.type
+    if isinstance(event, Payment):
+        if event_type == EventType.DEPOSIT:
+            state.deposit_count += 1
+            _add(state.deposit_total, currency, event.amount)
+            state.first_deposit_time = state.first_deposit_time or event.event_time
+            state.last_deposit_time = event.event_time
+            state.last_deposit_amount = event.amount
+        elif event_type in (EventType.DEPOSIT_FAILED, EventType.DEPOSIT_CANCELLED):
+            state.failed_deposit_count += 1
+        elif event_type == EventType.WITHDRAWAL_REQUESTED:
+            state.withdrawal_requested_count += 1
+        elif event_type == EventType.WITHDRAWAL_COMPLETED:
+            state.withdrawal_count += 1
+            _add(state.withdrawal_total, currency, event.amount)
+    elif isinstance(event, CasinoBet):
+        state.bet_count += 1
+        _add(state.bet_total, currency, event.bet_amount)
+        state.last_bet_time = event.event_time
+    elif isinstance(event, CasinoWin):
+        state.win_count += 1
+        _add(state.win_total, currency, event.win_amount)
+    elif isinstance(event, SportBetOpen):
+        state.sport_bet_count += 1
+        _add(state.sport_stake_total, currency, event.stake)
+        state.last_bet_time = event.event_time
+    elif isinstance(event, SportBetSettled) and event.result in ("WON", "HALF_WON", "CASHED_OUT"):
+        state.sport_win_count += 1
+
+
+def _apply_profile(state: UserState, profile: UserProfile) -> None:
+    # A partial profile update without a status must not re-activate a blocked user; the model's
+    # ACTIVE default applies only to a user whose status was never sent.
+    if "account_status" in profile.model_fields_set or state.account_status is None:
+        state.account_status = profile.account_status.value
+    state.registration_date = profile.registration_date
+    state.language = profile.language
+    # The spec: "once set this value cannot be changed for user".
+    state.wallet_currency = state.wallet_currency or profile.wallet_currency
+    for name in ("country", "birthdate", "username", "kyc_status", "affiliate_id", "affiliate_str",
+                 "is_email_disabled_by_platform", "is_sms_disabled_by_platform"):
+        value = getattr(profile, name)
+        if value is not None:
+            setattr(state, name, value)
+    if profile.gender is not None:
+        state.gender = profile.gender.value
+    if profile.email is not None:
+        state.has_email = bool(profile.email.strip())
+    if profile.phone is not None:
+        state.has_phone = bool(profile.phone.strip())
+    if profile.extra:
+        state.custom.update(profile.extra)
+
+
+def _apply_platform_aggregates(state: UserState, aggregates: PlatformAggregates) -> None:
+    for name, value in aggregates:
+        if value is not None:
+            setattr(state, f"platform_{name}", value)

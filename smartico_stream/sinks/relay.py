@@ -1,0 +1,118 @@
+"""The outbox relay: delivers committed actions to every configured sink, in outbox order.
+
+Each sink has its own cursor per partition, advanced only after the sink acknowledged the actions
+(and only while this instance still holds the partition's lease). A sink outage delays its actions;
+it never loses them: they stay in the outbox until delivered. Delivery is at-least-once; the
+deterministic action id lets receivers drop repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+
+from smartico_stream.failpoints import Failpoints
+from smartico_stream.observability.logging import get_logger
+from smartico_stream.observability.metrics import Metrics
+from smartico_stream.sinks.action_sinks import ActionSink, SinkError
+from smartico_stream.store.base import FencedError, PartitionId, Store
+
+log = get_logger(__name__)
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        store: Store,
+        sinks: Sequence[ActionSink],
+        leases: Callable[[], dict[PartitionId, int]],
+        metrics: Metrics,
+        batch_size: int = 500,
+        poll_interval_s: float = 0.5,
+        retry_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        failpoints: Failpoints | None = None,
+    ) -> None:
+        self._store = store
+        self._sinks = list(sinks)
+        self._leases = leases
+        self._metrics = metrics
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._retry_backoff_s = retry_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._wake = asyncio.Event()
+        self._failures: dict[str, int] = {}
+        self._rng = random.Random()
+        self._failpoints = failpoints or Failpoints({})
+
+    @property
+    def sink_names(self) -> list[str]:
+        return [s.name for s in self._sinks]
+
+    def wake(self) -> None:
+        """New actions were committed: deliver now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            delivered_any = False
+            for sink in self._sinks:
+                delivered_any |= await self._deliver_once(sink)
+            if delivered_any:
+                continue  # there may be more
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+            except TimeoutError:
+                pass
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Deliver what is pending (used at shutdown); True when nothing is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            progressed = False
+            for sink in self._sinks:
+                progressed |= await self._deliver_once(sink)
+            if not progressed:
+                return await self.backlog() == 0
+        return False
+
+    async def backlog(self) -> int:
+        leases = self._leases()
+        if not self._sinks or not leases:
+            return 0
+        return await self._store.outbox_backlog(self.sink_names, list(leases))
+
+    async def _deliver_once(self, sink: ActionSink) -> bool:
+        leases = self._leases()
+        if not leases:
+            return False
+        rows = await self._store.pending_actions(sink.name, list(leases), self._batch_size)
+        if not rows:
+            return False
+        try:
+            await sink.deliver([row.action for row in rows])
+        except SinkError as exc:
+            failures = self._failures.get(sink.name, 0) + 1
+            self._failures[sink.name] = failures
+            self._metrics.sink_deliveries.labels(sink.name, "failure").inc(len(rows))
+            delay = min(self._max_backoff_s, self._retry_backoff_s * 2 ** min(failures - 1, 10))
+            delay = self._rng.uniform(0, delay)  # full jitter: many pods must not retry in step
+            # A non-retryable error (a refused request, an unroutable message) needs a human, but the
+            # actions are still never dropped: it is logged at error level on every attempt.
+            report = log.warning if exc.retryable else log.error
+            report("sink delivery failed; actions stay in the outbox", sink=sink.name, error=str(exc),
+                   retryable=exc.retryable, retry_in_s=round(delay, 2), pending=len(rows))
+            await asyncio.sleep(delay)
+            return False
+        self._failures.pop(sink.name, None)
+        self._failpoints.hit("after_sink_delivery")
+        try:
+            await self._store.mark_delivered(sink.name, rows, {tp: leases[tp] for tp in {r.partition for r in rows}})
+        except FencedError:
+            return False  # the new owner delivers from its own cursor; receivers dedupe by action id
+        self._metrics.sink_deliveries.labels(sink.name, "success").inc(len(rows))
+        return True

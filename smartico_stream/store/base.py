@@ -1,0 +1,116 @@
+"""The state store: what one batch writes, all or nothing, and what a partition owner reads back.
+
+One transaction per batch holds the users' state, the emitted actions (outbox), the execution
+history, the dedup keys still inside the window, and the source offsets. A writer must hold the
+current lease (epoch) of every partition it writes for: a consumer that lost a partition is fenced
+off even if it wakes up late (invariant 4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from smartico_stream.engine.actions import Action
+from smartico_stream.engine.evaluator import HistoryEntry
+from smartico_stream.engine.state import UserState
+
+PartitionId = tuple[str, int]
+UserKey = tuple[str, str]
+
+
+class FencedError(RuntimeError):
+    """Another instance took over these partitions; this writer's batch was rolled back."""
+
+    def __init__(self, partitions: Sequence[PartitionId]) -> None:
+        self.partitions = list(partitions)
+        names = ", ".join(f"{t}[{p}]" for t, p in self.partitions)
+        super().__init__(f"fenced: partitions {names} are owned by a newer lease")
+
+
+class ConflictError(RuntimeError):
+    """Users changed in the store since this writer loaded them (another instance wrote them: their
+    topics are spread over several members). The batch was rolled back; reload and redo it."""
+
+    def __init__(self, users: Sequence[UserKey]) -> None:
+        self.users = list(users)
+        super().__init__(f"{len(self.users)} user(s) changed concurrently; batch rolled back")
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A partition's lease as acquired: the epoch to write with, where to resume, the dedup window."""
+
+    epoch: int
+    next_offset: int | None  # None: nothing stored yet, start from the broker's committed offset
+    dedup_keys: list[tuple[int, float]]  # (digest, first seen), oldest first
+
+
+@dataclass(slots=True)
+class QueuedAction:
+    partition: PartitionId
+    action: Action
+
+
+@dataclass(slots=True)
+class BatchWrite:
+    """Everything one batch changes; committed atomically by :meth:`Store.commit`."""
+
+    epochs: dict[PartitionId, int] = field(default_factory=dict)
+    offsets: dict[PartitionId, int] = field(default_factory=dict)
+    users: list[UserState] = field(default_factory=list)
+    actions: list[QueuedAction] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
+    dedup_added: dict[PartitionId, list[tuple[int, float]]] = field(default_factory=dict)
+    dedup_horizon: float | None = None  # keys first seen before this are deleted
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    partition: PartitionId
+    action: Action
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    entry: HistoryEntry
+    recorded_at: datetime | None = None
+
+
+class Store(Protocol):
+    """Implemented by :class:`SqliteStore` and :class:`PostgresStore` over the same schema."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    async def acquire(self, partitions: Sequence[PartitionId], owner: str, dedup_since: float) -> dict[PartitionId, Lease]:
+        """Take over partitions: bump each lease's epoch (fencing the previous owner) and return
+        where to resume and the dedup keys first seen at or after ``dedup_since``."""
+
+    async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
+        """Stored state of the users that have one."""
+
+    async def commit(self, batch: BatchWrite) -> None:
+        """Write the batch atomically; raise FencedError (and write nothing) if any epoch is stale."""
+
+    async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
+        """Outbox rows of these partitions not yet delivered to ``sink``, in order."""
+
+    async def mark_delivered(self, sink: str, rows: Sequence[OutboxRow], epochs: dict[PartitionId, int]) -> None:
+        """Advance the sink's cursor past ``rows`` (fenced like commit)."""
+
+    async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
+        """Rows not yet delivered to every sink, for these partitions."""
+
+    async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
+                      limit: int = 1000) -> list[HistoryEntry]: ...
+
+    async def all_actions(self) -> list[Action]:
+        """Every action in the outbox, in emission order (for inspection and tests)."""
+
+    async def all_users(self) -> list[UserState]: ...

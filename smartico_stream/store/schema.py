@@ -1,0 +1,110 @@
+"""Versioned migrations, one schema for SQLite and PostgreSQL (only column types differ).
+
+Times are stored as ISO-8601 UTC text in both, which sorts chronologically. Dedup digests are
+unsigned 64-bit values stored as signed BIGINT (see :func:`to_signed`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+
+_TYPES = {
+    "sqlite": {"SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB": "BLOB", "FLOAT": "REAL"},
+    "postgres": {"SERIAL": "BIGSERIAL PRIMARY KEY", "BLOB": "BYTEA", "FLOAT": "DOUBLE PRECISION"},
+}
+
+# Append only: a released migration is never edited.
+_MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE users (
+            brand TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            state {BLOB} NOT NULL,
+            version BIGINT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (brand, user_id)
+        );
+        CREATE TABLE outbox (
+            seq {SERIAL},
+            action_id TEXT NOT NULL UNIQUE,
+            topic TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            brand TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            rule_id TEXT NOT NULL,
+            body {BLOB} NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX outbox_partition ON outbox (topic, part, seq);
+        CREATE TABLE sink_cursors (
+            sink TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            last_seq BIGINT NOT NULL,
+            PRIMARY KEY (sink, topic, part)
+        );
+        CREATE TABLE history (
+            seq {SERIAL},
+            brand TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            rule_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            event_time TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            executions INTEGER NOT NULL,
+            reason TEXT,
+            qualified_at TEXT,
+            qualified_until TEXT,
+            recorded_at TEXT NOT NULL
+        );
+        CREATE INDEX history_user ON history (brand, user_id, seq);
+        CREATE INDEX history_rule ON history (rule_id, seq);
+        CREATE TABLE dedup_keys (
+            topic TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            digest BIGINT NOT NULL,
+            first_seen {FLOAT} NOT NULL,
+            PRIMARY KEY (topic, part, digest)
+        );
+        CREATE INDEX dedup_age ON dedup_keys (first_seen);
+        CREATE TABLE source_offsets (
+            topic TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            next_offset BIGINT NOT NULL,
+            PRIMARY KEY (topic, part)
+        );
+        CREATE TABLE partition_leases (
+            topic TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            owner TEXT NOT NULL,
+            epoch BIGINT NOT NULL,
+            acquired_at TEXT NOT NULL,
+            PRIMARY KEY (topic, part)
+        );
+        """,
+    ),
+]
+
+LATEST_VERSION = _MIGRATIONS[-1][0]
+
+
+def migrations(dialect: Dialect) -> list[tuple[int, list[str]]]:
+    """(version, statements) in order, for one dialect."""
+    types = _TYPES[dialect]
+    return [
+        (version, [s.strip().format(**types) for s in script.split(";") if s.strip()])
+        for version, script in _MIGRATIONS
+    ]
+
+
+def to_signed(digest: int) -> int:
+    return digest - (1 << 64) if digest >= 1 << 63 else digest
+
+
+def to_unsigned(value: int) -> int:
+    return value + (1 << 64) if value < 0 else value

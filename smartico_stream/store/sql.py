@@ -1,0 +1,272 @@
+"""The store logic shared by SQLite and PostgreSQL; subclasses supply connections and a dialect.
+
+SQL is written once with ``?`` placeholders; the PostgreSQL connection rewrites them to ``$n``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from smartico_stream.engine.actions import Action
+from smartico_stream.engine.evaluator import HistoryEntry
+from smartico_stream.engine.state import UserState
+from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow, PartitionId, UserKey
+from smartico_stream.store.schema import Dialect, migrations, to_signed, to_unsigned
+
+
+class Connection(Protocol):
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> None: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="milliseconds") if moment else None
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+class SqlStore(abc.ABC):
+    dialect: Dialect
+
+    # connection primitives ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def transaction(self) -> Any:
+        """Async context manager: a Connection inside one write transaction."""
+
+    @abc.abstractmethod
+    def connection(self) -> Any:
+        """Async context manager: a Connection for reads."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # schema ------------------------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, statements in migrations(self.dialect):
+                if version in applied:
+                    continue
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", version, _now())
+
+    # partitions --------------------------------------------------------------------------------
+
+    async def acquire(self, partitions: Sequence[PartitionId], owner: str, dedup_since: float) -> dict[PartitionId, Lease]:
+        leases: dict[PartitionId, Lease] = {}
+        async with self.transaction() as conn:
+            for topic, part in partitions:
+                await conn.execute(
+                    "INSERT INTO partition_leases (topic, part, owner, epoch, acquired_at) VALUES (?, ?, ?, 1, ?) "
+                    "ON CONFLICT (topic, part) DO UPDATE SET owner = excluded.owner, "
+                    "epoch = partition_leases.epoch + 1, acquired_at = excluded.acquired_at",
+                    topic, part, owner, _now(),
+                )
+                epoch = (await conn.fetch("SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?", topic, part))[0][0]
+                offset_rows = await conn.fetch(
+                    "SELECT next_offset FROM source_offsets WHERE topic = ? AND part = ?", topic, part
+                )
+                keys = await conn.fetch(
+                    "SELECT digest, first_seen FROM dedup_keys WHERE topic = ? AND part = ? AND first_seen >= ? "
+                    "ORDER BY first_seen",
+                    topic, part, dedup_since,
+                )
+                leases[(topic, part)] = Lease(
+                    epoch=int(epoch),
+                    next_offset=int(offset_rows[0][0]) if offset_rows else None,
+                    dedup_keys=[(to_unsigned(int(d)), float(t)) for d, t in keys],
+                )
+        return leases
+
+    async def _check_epochs(self, conn: Connection, epochs: dict[PartitionId, int]) -> None:
+        stale = []
+        for (topic, part), epoch in sorted(epochs.items()):
+            rows = await conn.fetch(self._lease_query, topic, part)
+            if not rows or int(rows[0][0]) != epoch:
+                stale.append((topic, part))
+        if stale:
+            raise FencedError(stale)
+
+    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?"
+    _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows})"
+    _VERSION_CHUNK = 400
+
+    async def _check_versions(self, conn: Connection, users: Sequence[UserState]) -> None:
+        """Optimistic concurrency: each user must still have the version it was loaded with."""
+        expected = {(u.brand, u.user): u.version for u in users}
+        keys = list(expected)
+        stored: dict[UserKey, int] = {}
+        for start in range(0, len(keys), self._VERSION_CHUNK):
+            chunk = keys[start : start + self._VERSION_CHUNK]
+            sql = self._version_query.format(rows=", ".join("(?, ?)" for _ in chunk))
+            for brand, user, version in await conn.fetch(sql, *(part for key in chunk for part in key)):
+                stored[(brand, user)] = int(version)
+        stale = [key for key, version in expected.items() if stored.get(key, 0) != version]
+        if stale:
+            raise ConflictError(stale)
+
+    # batches -----------------------------------------------------------------------------------
+
+    async def commit(self, batch: BatchWrite) -> None:
+        now = _now()
+        async with self.transaction() as conn:
+            await self._check_epochs(conn, batch.epochs)
+            if batch.users:
+                await self._check_versions(conn, batch.users)
+                await conn.executemany(
+                    "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
+                    "updated_at = excluded.updated_at",
+                    [(u.brand, u.user, u.to_json(), u.version + 1, now) for u in batch.users],
+                )
+            if batch.actions:
+                await conn.executemany(
+                    "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (action_id) DO NOTHING",
+                    [
+                        (q.action.action_id, q.partition[0], q.partition[1], q.action.brand, q.action.user,
+                         q.action.rule_id, q.action.to_json(), now)
+                        for q in batch.actions
+                    ],
+                )
+            if batch.history:
+                await conn.executemany(
+                    "INSERT INTO history (brand, user_id, rule_id, event_id, event_type, event_time, outcome, "
+                    "executions, reason, qualified_at, qualified_until, recorded_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (h.brand, h.user, h.rule_id, h.event_id, h.event_type, _iso(h.event_time), h.outcome,
+                         h.executions, h.reason, _iso(h.qualified_at), _iso(h.qualified_until), now)
+                        for h in batch.history
+                    ],
+                )
+            added = [(t, p, to_signed(d), seen) for (t, p), keys in batch.dedup_added.items() for d, seen in keys]
+            if added:
+                await conn.executemany(
+                    "INSERT INTO dedup_keys (topic, part, digest, first_seen) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (topic, part, digest) DO UPDATE SET first_seen = excluded.first_seen",
+                    added,
+                )
+            if batch.dedup_horizon is not None and batch.epochs:
+                for topic, part in batch.epochs:
+                    await conn.execute(
+                        "DELETE FROM dedup_keys WHERE topic = ? AND part = ? AND first_seen < ?",
+                        topic, part, batch.dedup_horizon,
+                    )
+            if batch.offsets:
+                await conn.executemany(
+                    "INSERT INTO source_offsets (topic, part, next_offset) VALUES (?, ?, ?) "
+                    "ON CONFLICT (topic, part) DO UPDATE SET next_offset = excluded.next_offset",
+                    [(t, p, o) for (t, p), o in batch.offsets.items()],
+                )
+
+    async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
+        found: dict[UserKey, UserState] = {}
+        async with self.connection() as conn:
+            for brand, user in keys:
+                rows = await conn.fetch("SELECT state, version FROM users WHERE brand = ? AND user_id = ?", brand, user)
+                if rows:
+                    state = UserState.from_json(bytes(rows[0][0]))
+                    state.version = int(rows[0][1])
+                    found[(brand, user)] = state
+        return found
+
+    # outbox ------------------------------------------------------------------------------------
+
+    async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        async with self.connection() as conn:
+            for topic, part in partitions:
+                cursor = await conn.fetch(
+                    "SELECT last_seq FROM sink_cursors WHERE sink = ? AND topic = ? AND part = ?", sink, topic, part
+                )
+                after = int(cursor[0][0]) if cursor else 0
+                found = await conn.fetch(
+                    "SELECT seq, body FROM outbox WHERE topic = ? AND part = ? AND seq > ? ORDER BY seq LIMIT ?",
+                    topic, part, after, limit,
+                )
+                rows += [OutboxRow(int(seq), (topic, part), Action.from_json(bytes(body))) for seq, body in found]
+        rows.sort(key=lambda r: r.seq)
+        return rows[:limit]
+
+    async def mark_delivered(self, sink: str, rows: Sequence[OutboxRow], epochs: dict[PartitionId, int]) -> None:
+        last: dict[PartitionId, int] = {}
+        for row in rows:
+            last[row.partition] = max(last.get(row.partition, 0), row.seq)
+        async with self.transaction() as conn:
+            await self._check_epochs(conn, {tp: epochs[tp] for tp in last})
+            await conn.executemany(
+                "INSERT INTO sink_cursors (sink, topic, part, last_seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sink, topic, part) DO UPDATE SET last_seq = excluded.last_seq",
+                [(sink, t, p, seq) for (t, p), seq in last.items()],
+            )
+
+    async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
+        backlog = 0
+        async with self.connection() as conn:
+            for topic, part in partitions:
+                cursors = []
+                for sink in sinks:
+                    row = await conn.fetch(
+                        "SELECT last_seq FROM sink_cursors WHERE sink = ? AND topic = ? AND part = ?", sink, topic, part
+                    )
+                    cursors.append(int(row[0][0]) if row else 0)
+                slowest = min(cursors, default=0)
+                count = await conn.fetch(
+                    "SELECT COUNT(*) FROM outbox WHERE topic = ? AND part = ? AND seq > ?", topic, part, slowest
+                )
+                backlog += int(count[0][0])
+        return backlog
+
+    # inspection --------------------------------------------------------------------------------
+
+    async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
+                      limit: int = 1000) -> list[HistoryEntry]:
+        clauses, args = [], []
+        for column, value in (("brand", brand), ("user_id", user), ("rule_id", rule)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT brand, user_id, rule_id, event_id, event_type, event_time, outcome, executions, reason, "
+                f"qualified_at, qualified_until FROM history {where} ORDER BY seq LIMIT ?",
+                *args, limit,
+            )
+        return [
+            HistoryEntry(
+                brand=r[0], user=r[1], rule_id=r[2], event_id=r[3], event_type=r[4], event_time=_dt(r[5]),  # type: ignore[arg-type]
+                outcome=r[6], executions=int(r[7]), reason=r[8], qualified_at=_dt(r[9]), qualified_until=_dt(r[10]),
+            )
+            for r in rows
+        ]
+
+    async def all_actions(self) -> list[Action]:
+        async with self.connection() as conn:
+            rows = await conn.fetch("SELECT body FROM outbox ORDER BY seq")
+        return [Action.from_json(bytes(r[0])) for r in rows]
+
+    async def all_users(self) -> list[UserState]:
+        async with self.connection() as conn:
+            rows = await conn.fetch("SELECT state FROM users ORDER BY brand, user_id")
+        return [UserState.from_json(bytes(r[0])) for r in rows]
+
