@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,9 +20,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 adapters_app = typer.Typer(no_args_is_help=True, help="Operator adapters: list them, run their golden files.")
 schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schema of the canonical events.")
 rules_app = typer.Typer(no_args_is_help=True, help="Automation rules: validate them, list the fields they can use.")
+pii_app = typer.Typer(no_args_is_help=True, help="Personal data: keys, rotation, audited decryption (docs/pii.md).")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(rules_app, name="rules")
+app.add_typer(pii_app, name="pii")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=True, dir_okay=False)]
 
@@ -61,6 +64,7 @@ def demo(
     duration: Annotated[float | None, typer.Option(help="stop producing after this many seconds")] = None,
     metrics_port: Annotated[int, typer.Option(help="port for /metrics, /healthz, /readyz (0: any free port)")] = 9108,
     json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
+    keep: Annotated[Path | None, typer.Option(help="keep the demo's stores, actions, dead letters and metrics here")] = None,
 ) -> None:
     """Run the service on an embedded Kafka with a realistic synthetic operator stream, then summarise."""
     from smartico_stream.demo.runner import run_demo
@@ -68,7 +72,7 @@ def demo(
     configure_logging("ERROR", "console")  # the progress line already counts dead letters
     progress = None if json else (lambda line: typer.echo(line, err=True))
     summary = uvloop.run(run_demo(events=events, users=users, duration_s=duration, metrics_port=metrics_port,
-                                  progress=progress))
+                                  progress=progress, keep=keep))
     if json:
         sys.stdout.buffer.write(orjson.dumps(summary.as_dict()) + b"\n")
         return
@@ -182,6 +186,8 @@ def simulate(
     adapter: Annotated[str, typer.Option(help="adapter mapping the records")] = "reference",
     state: Annotated[Path | None, typer.Option(help="keep the SQLite store here for inspection")] = None,
     stream: Annotated[str | None, typer.Option(help="stream of bare (non-envelope) lines")] = None,
+    pii_keys: Annotated[Path | None, typer.Option(help="PII key ring (JSON); without it PII is dropped")] = None,
+    pii_state: Annotated[Path | None, typer.Option(help="keep the encrypted PII store here")] = None,
 ) -> None:
     """Dry run: print every action as one JSON line (deterministic: same input, same bytes)."""
     from smartico_stream.adapters.registry import UnknownAdapter, load_adapter
@@ -206,8 +212,23 @@ def simulate(
         for action in actions:
             out.write(action.to_json() + b"\n")
 
+    from smartico_stream.pii.guard import PiiGuard
+    from smartico_stream.pii.keys import KeyRing, PiiKeyError
+    from smartico_stream.pii.vault import PiiVault
+    from smartico_stream.store.sqlite import SqliteDatabase
+
     try:
-        summary = asyncio.run(run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state))
+        ring = KeyRing.load(pii_keys, None) if pii_keys else None
+    except PiiKeyError as exc:
+        _fail(str(exc))
+    if pii_state is not None and ring is None:
+        _fail("--pii-state needs --pii-keys (values are stored encrypted, never in plaintext)")
+    vault = PiiVault(SqliteDatabase(pii_state), ring) if pii_state is not None and ring is not None else None
+    try:
+        summary = asyncio.run(
+            run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state,
+                           guard=PiiGuard(ring), vault=vault)
+        )
     except InputError as exc:
         _fail(str(exc))
     out.flush()
@@ -267,6 +288,181 @@ def history(
                 f"x{entry.executions}  qualified {row['qualification_date'] or '-'} "
                 f"valid until {row['qualification_valid_until'] or '-'}  {entry.reason or ''}".rstrip()
             )
+
+
+KeyFileOption = Annotated[Path, typer.Option("--keys", help="key ring file (JSON)")]
+ActorOption = Annotated[str, typer.Option(help="who decrypts (audited)")]
+PurposeOption = Annotated[str, typer.Option(help="why (audited), e.g. 'support ticket 4711'")]
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """Create or replace a key file readable by its owner only."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    os.replace(tmp, path)
+
+
+@pii_app.command("keygen")
+def pii_keygen(
+    out: Annotated[Path, typer.Option(help="key ring file to create (mode 0600)")],
+    key_id: Annotated[str, typer.Option(help="id of the first key")] = "k1",
+) -> None:
+    """Create a new key ring (one AES-256 key and an HMAC key)."""
+    from smartico_stream.pii.keys import generate_key_ring, key_ring_to_json
+
+    if out.exists():
+        _fail(f"{out} exists; to rotate, use `smartico-stream pii add-key --keys {out}`")
+    _write_private(out, key_ring_to_json(generate_key_ring(key_id)))
+    typer.echo(f"wrote {out}; point pii.keys_file at it (or put its content in $SMARTICO_STREAM_PII_KEYS)")
+
+
+@pii_app.command("add-key")
+def pii_add_key(keys: KeyFileOption, key_id: Annotated[str, typer.Option(help="id of the new key")]) -> None:
+    """Rotation step 1: add a key that new writes use; old values stay readable."""
+    from smartico_stream.pii.keys import KeyRing, PiiKeyError, add_key, key_ring_to_json
+
+    try:
+        ring = add_key(KeyRing.load(keys, None), key_id)
+    except PiiKeyError as exc:
+        _fail(str(exc))
+    _write_private(keys, key_ring_to_json(ring))
+    typer.echo(f"{key_id} is now the current key; restart the service, then run `smartico-stream pii rotate`")
+
+
+def _vault(config: Path | None) -> Any:
+    from smartico_stream.pii.keys import PiiKeyError
+    from smartico_stream.pii.setup import pii_components
+
+    try:
+        components = pii_components(load_settings(config).pii)
+    except (ConfigError, PiiKeyError) as exc:
+        _fail(str(exc))
+    if components.vault is None:
+        _fail("no PII key ring configured (pii.keys_file or $SMARTICO_STREAM_PII_KEYS): nothing is stored")
+    return components.vault
+
+
+def _with_vault(config: Path | None, work: Any) -> Any:
+    async def run() -> Any:
+        vault = _vault(config)
+        await vault.open()
+        try:
+            return await work(vault)
+        finally:
+            await vault.close()
+
+    return asyncio.run(run())
+
+
+@pii_app.command("rotate")
+def pii_rotate(
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    batch_size: Annotated[int, typer.Option(help="values per transaction")] = 500,
+) -> None:
+    """Rotation step 2: re-encrypt every stored value under the current key, in batches."""
+    count = _with_vault(config, lambda vault: vault.rotate(batch_size))
+    usage = _with_vault(config, lambda vault: vault.key_usage())
+    typer.echo(f"re-encrypted {count} value(s); values per key now: {usage}")
+
+
+@pii_app.command("key-usage")
+def pii_key_usage(config: Annotated[Path | None, typer.Option("--config", "-c")] = None) -> None:
+    """Values per key id: a key can be retired once it has none."""
+    for key_id, count in _with_vault(config, lambda vault: vault.key_usage()).items():
+        typer.echo(f"{key_id:<16} {count}")
+
+
+@pii_app.command("reveal")
+def pii_reveal(
+    user: Annotated[str, typer.Option(help="BRAND:USER")],
+    field: Annotated[str, typer.Option(help="email, phone, first_name or last_name")],
+    actor: ActorOption,
+    purpose: PurposeOption,
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+) -> None:
+    """Decrypt one value for an explicit, audited purpose (e.g. templating {{state.user_first_name}})."""
+    brand, sep, user_id = user.partition(":")
+    if not sep:
+        _fail("--user takes BRAND:USER")
+    value = _with_vault(config, lambda vault: vault.reveal(brand, user_id, field, actor=actor, purpose=purpose))
+    if value is None:
+        _fail(f"no {field} stored for {user}", 1)
+    typer.echo(value)
+
+
+@pii_app.command("find")
+def pii_find(
+    field: Annotated[str, typer.Option(help="email or phone")],
+    value: Annotated[str, typer.Option(help="the value to look for (normalised as on arrival)")],
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    country: Annotated[str | None, typer.Option(help="region of a national-format phone, e.g. GB")] = None,
+) -> None:
+    """Users holding a value, matched by keyed hash without decrypting anything."""
+    from smartico_stream.pii.normalise import normalise_email, normalise_phone
+
+    normalised = normalise_email(value) if field == "email" else (normalise_phone(value, country).e164 or value.strip())
+    for brand, user_id in _with_vault(config, lambda vault: vault.find(field, normalised or "")):
+        typer.echo(f"{brand}:{user_id}")
+
+
+@pii_app.command("decrypt-dead-letters")
+def pii_decrypt_dead_letters(
+    actor: ActorOption,
+    purpose: PurposeOption,
+    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    limit: Annotated[int, typer.Option(help="most dead letters to read")] = 100,
+    timeout_s: Annotated[float, typer.Option(help="stop when nothing arrives for this long")] = 10.0,
+) -> None:
+    """Read the dead-letter topic (without committing) and print each letter's reason, coordinates
+    and decrypted payload as JSON lines. The decryption is audited."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from smartico_stream.pii.payloads import reveal_dead_letter
+
+    settings = load_settings(config)
+    vault = _vault(config)
+
+    async def audit() -> None:  # before anything is decrypted, not after
+        await vault.open()
+        try:
+            await vault.audit_decryption(actor=actor, purpose=purpose, action=f"decrypt up to {limit} dead letter(s)")
+        finally:
+            await vault.close()
+
+    asyncio.run(audit())
+    consumer = Consumer(
+        {
+            **settings.kafka.config,
+            "group.id": f"smartico-stream-dead-letter-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([settings.kafka.dead_letter_topic])
+    shown = 0
+    try:
+        while shown < limit:
+            message = consumer.poll(timeout_s)
+            if message is None:
+                break
+            if message.error():
+                continue
+            headers = {k: v for k, v in (message.headers() or [])}
+            try:
+                payload = reveal_dead_letter(vault.ring, message.value() or b"", headers).decode("utf-8", "replace")
+            except ValueError as exc:
+                payload = None
+                headers["x-smartico-reveal-error"] = str(exc).encode()
+            row = {k: v.decode("utf-8", "replace") for k, v in headers.items() if k.startswith("x-smartico-")}
+            row["payload"] = payload
+            sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
+            shown += 1
+    finally:
+        consumer.close()
 
 
 def _iso(moment: Any) -> str | None:

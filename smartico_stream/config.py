@@ -143,6 +143,22 @@ class OutboxSettings(_Section):
     max_backoff_s: float = Field(default=30.0, gt=0)
 
 
+class PiiSettings(_Section):
+    """Personal data (email, phone, names): encrypted on arrival into an isolated store (docs/pii.md)."""
+
+    keys_file: Path | None = Field(default=None, description="JSON key ring (smartico-stream pii keygen)")
+    keys_env: str = Field(
+        default="SMARTICO_STREAM_PII_KEYS", description="environment variable holding the key ring, if set"
+    )
+    store_url: str = Field(default="sqlite:///var/smartico-stream/pii.db", description="the isolated PII store")
+    store_db_schema: str | None = None
+    encrypt_names: bool = Field(default=True, description="store first/last names encrypted (else: not at all)")
+    email_domain: bool = Field(default=False, description="let rules see the email domain")
+    dead_letters: Literal["encrypt", "redact"] = Field(
+        default="encrypt", description="protect dead-letter payloads: encrypt with the key ring, or drop them"
+    )
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
@@ -165,6 +181,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    pii: PiiSettings = Field(default_factory=PiiSettings)
     sinks: list[dict[str, Any]] = Field(
         default_factory=list, description="action sinks (see docs/sinks.md); none: actions stay in the outbox"
     )

@@ -32,6 +32,7 @@ from smartico_stream.observability.health import Health
 from smartico_stream.observability.http import MetricsServer
 from smartico_stream.observability.logging import RateLimiter, get_logger
 from smartico_stream.observability.metrics import Metrics
+from smartico_stream.pii.setup import pii_components
 from smartico_stream.pipeline.dedup import Clock, DedupWindow
 from smartico_stream.pipeline.pipeline import (
     DEAD_LETTERED,
@@ -150,6 +151,7 @@ class Service:
         self._cache: LRUCache[UserKey, UserState] = LRUCache(maxsize=max(settings.engine.state_cache_size, 1))
         self._clock = clock
         self.ownership = Ownership(settings, self.store, clock, on_revoke=self._cache.clear)
+        self.pii = pii_components(settings.pii)
         kafka = settings.kafka
         self.pipeline = Pipeline(
             adapter=adapter or load_adapter(settings.adapter),
@@ -157,6 +159,7 @@ class Service:
             dedup_window_for=self.ownership.window_for,
             limits=PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key),
             clock=clock,
+            guard=self.pii.guard,
         )
         self.source = KafkaSource(
             kafka.config,
@@ -168,7 +171,7 @@ class Service:
             statistics_interval_ms=kafka.statistics_interval_ms,
         )
         connection = {**connection_config(kafka.config), **kafka.producer_config}
-        self.dead_letters = KafkaDeadLetterSink(connection, kafka.dead_letter_topic)
+        self.dead_letters = KafkaDeadLetterSink(connection, kafka.dead_letter_topic, self.pii.protect_dead_letters)
         sinks = sinks if sinks is not None else [build_sink(spec, connection) for spec in settings.sinks]
         outbox = settings.outbox
         self.failpoints = Failpoints.from_env()
@@ -190,6 +193,8 @@ class Service:
         """Consume until ``stop`` is set, then finish the batch in hand, commit and leave the group."""
         self.ownership.loop = asyncio.get_running_loop()
         await self.store.open()
+        if self.pii.vault is not None:
+            await self.pii.vault.open()
         if self.settings.metrics.enabled and self.metrics_server is None:
             self.metrics_server = MetricsServer(
                 self.metrics, self.health, self.settings.metrics.host, self.settings.metrics.port
@@ -224,6 +229,8 @@ class Service:
             for sink in self.sinks:
                 await sink.close()
             await self.store.close()
+            if self.pii.vault is not None:
+                await self.pii.vault.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
             log.info("stopped", consumed=self.stats.consumed, dead_lettered=self.stats.dead_lettered)
@@ -249,6 +256,10 @@ class Service:
                 continue
             if not await self._publish_dead_letters(result, stop):
                 return  # stopping with dead letters unacknowledged: nothing of this batch is committed
+            if result.pii and self.pii.vault is not None:
+                # Its own database, so its own transaction, first: a crash before the state commit
+                # replays the batch, and writing the same encrypted values again is harmless.
+                await self.pii.vault.write(result.pii)
             self.failpoints.hit("before_store_commit")
             write = self._batch_write(result, batch)
             commit_started = time.perf_counter()

@@ -21,6 +21,8 @@ from smartico_stream.engine.evaluator import RuleEngine
 from smartico_stream.engine.rules import RuleSet
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import RawRecord, Stream
+from smartico_stream.pii.guard import PiiGuard
+from smartico_stream.pii.vault import PiiVault
 from smartico_stream.pipeline.dedup import DedupWindow
 from smartico_stream.pipeline.pipeline import DEAD_LETTERED, DEDUPLICATED, OK, Pipeline, PipelineLimits
 from smartico_stream.store import BatchWrite, QueuedAction
@@ -99,15 +101,23 @@ async def simulate(
     state_path: Path | None = None,
     limits: PipelineLimits = PipelineLimits(require_key=False),
     batch_size: int = 1000,
+    guard: PiiGuard | None = None,
+    vault: PiiVault | None = None,
 ) -> SimulationSummary:
-    """Run ``records`` through the pipeline, rules and an SQLite store; report actions per batch."""
+    """Run ``records`` through the pipeline (with the PII ``guard``; encrypted values go to
+    ``vault``), the rules and an SQLite store; report actions per batch."""
     with tempfile.TemporaryDirectory(prefix="smartico-simulate-") as scratch:
-        store = SqliteStore(state_path or Path(scratch) / "state.db", synchronous="OFF")
+        store = SqliteStore(state_path or Path(scratch) / "state.db")
         await store.open()
+        if vault is not None:
+            await vault.open()
         try:
-            return await _run(records, adapter, rules, on_actions, store, limits, batch_size)
+            return await _run(records, adapter, rules, on_actions, store, limits, batch_size,
+                              guard or PiiGuard(None), vault)
         finally:
             await store.close()
+            if vault is not None:
+                await vault.close()
 
 
 async def _run(
@@ -118,6 +128,8 @@ async def _run(
     store: SqliteStore,
     limits: PipelineLimits,
     batch_size: int,
+    guard: PiiGuard,
+    vault: PiiVault | None,
 ) -> SimulationSummary:
     windows: dict[tuple[str, int], DedupWindow] = {}
     epochs: dict[tuple[str, int], int] = {}
@@ -125,7 +137,9 @@ async def _run(
     def window_for(topic: str, partition: int) -> DedupWindow:
         return windows.setdefault((topic, partition), DedupWindow(float("inf"), 10_000_000, lambda: _OFFLINE_NOW))
 
-    pipeline = Pipeline(adapter, {s.value: s for s in Stream}, window_for, limits, clock=lambda: _OFFLINE_NOW)
+    pipeline = Pipeline(
+        adapter, {s.value: s for s in Stream}, window_for, limits, clock=lambda: _OFFLINE_NOW, guard=guard
+    )
     engine = RuleEngine(rules)
     summary = SimulationSummary()
     for batch_records in _batches(records, batch_size):
@@ -143,6 +157,8 @@ async def _run(
             # Offline, an engine failure is a bug to see, not to hide behind a dead letter.
             (record_id, error), *_ = result.engine_failures.items()
             raise RuntimeError(f"engine failed on record {record_id}: {error!r}") from error
+        if vault is not None:
+            await vault.write(result.pii)
         await store.commit(
             BatchWrite(
                 epochs={tp: epochs[tp] for tp in result.next_offsets},

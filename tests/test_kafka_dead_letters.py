@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from smartico_stream.pii.keys import KeyRing, generate_key_ring, key_ring_to_json
+from smartico_stream.pii.payloads import reveal_dead_letter
 from smartico_stream.service import Service
 
 pytestmark = pytest.mark.kafka
@@ -141,14 +143,19 @@ def headers_of(message) -> dict[str, bytes]:
 
 
 def test_every_bad_record_is_dead_lettered_with_its_reason_and_coordinates_and_nothing_stalls(
-    make_settings, producer, recording_engine, run_service, broker, capfd
+    make_settings, producer, recording_engine, run_service, broker, capfd, tmp_path
 ):
     p = producer()
     p.ensure_topics(*TOPICS.values())
+    keys_file = tmp_path / "pii-keys.json"
+    keys_file.write_bytes(key_ring_to_json(generate_key_ring("dl-1")))
+    keys_file.chmod(0o600)
+    ring = KeyRing.load(keys_file, None)
     settings = make_settings(
         topics={stream: [topic] for stream, topic in TOPICS.items()},
         limits={"max_message_bytes": MAX_MESSAGE_BYTES},
         kafka={"batch_size": 7},  # bad records land in many different batches, mid-batch and at edges
+        pii={"keys_file": str(keys_file), "store_url": f"sqlite:///{tmp_path / 'pii.db'}"},
     )
     group = settings.kafka.config["group.id"]
     dead_letter_topic = settings.kafka.dead_letter_topic
@@ -200,19 +207,26 @@ def test_every_bad_record_is_dead_lettered_with_its_reason_and_coordinates_and_n
         letter = by_source[source]
         h = headers_of(letter)
         assert letter.key() == record.key, record.kind
+        # The payload travels encrypted with the PII key ring (docs/pii.md) and decrypts, for an
+        # authorised operator, to the original bytes.
+        if letter.value():
+            assert h["x-smartico-payload-protection"].startswith(b"aes-256-gcm"), record.kind
+            assert record.value[:64] not in letter.value() or not record.value[:64].strip(), record.kind
+            original = reveal_dead_letter(ring, letter.value(), h)
+        else:
+            original = b""  # an empty value may come back as b"" or None (a Kafka null)
         if len(record.value) > SINK_VALUE_LIMIT:
-            assert letter.value() == record.value[:SINK_VALUE_LIMIT], record.kind
+            assert original == record.value[:SINK_VALUE_LIMIT], record.kind
             assert int(h["x-smartico-value-truncated-from-bytes"]) == len(record.value)
         else:
-            # An empty value may come back as b"" or None (a Kafka null): both are "no bytes".
-            assert (letter.value() or b"") == record.value, record.kind
+            assert original == record.value, record.kind
             assert "x-smartico-value-truncated-from-bytes" not in h
         assert h["x-smartico-error-class"].decode() == record.error_class, (record.kind, h)
         message = h["x-smartico-error-message"].decode("utf-8")
         assert message.strip() and message.isprintable(), (record.kind, message)
         assert h["x-smartico-source-transport"] == b"kafka"
         assert h["x-smartico-stage"] in (b"decode", b"adapt", b"engine")
-        # No PII in any header of any letter (the value keeps the original bytes by design).
+        # No PII in any header of any letter.
         for name, value in h.items():
             text = value.decode("utf-8", "replace")
             assert EMAIL not in text and PHONE not in text and PHONE_DIGITS not in text, (record.kind, name, text)

@@ -9,6 +9,8 @@ every produced record is handled and committed, and returns a summary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import tempfile
 import threading
 import time
@@ -18,12 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+import orjson
+from confluent_kafka import Consumer, Producer
 
 from smartico_stream.config import Settings, load_settings
 from smartico_stream.demo.embedded_kafka import EmbeddedKafka
 from smartico_stream.demo.synthetic import StreamSpec, synthetic_stream
 from smartico_stream.events.raw import Stream
+from smartico_stream.pii.keys import generate_key_ring, key_ring_to_json
 from smartico_stream.service import Service
 
 DEMO_TOPICS = {Stream.PROFILE: "user_profile", Stream.PAYMENTS: "payments", Stream.CASINO: "casino", Stream.SPORT: "sport"}
@@ -73,11 +77,44 @@ def demo_settings(bootstrap_servers: str, metrics_port: int, workdir: Path) -> S
         metrics={"port": metrics_port, "host": "127.0.0.1"},
         limits={"max_message_bytes": DEMO_MAX_MESSAGE_BYTES},
         store={"url": f"sqlite:///{workdir / 'state.db'}"},
+        pii={"keys_file": str(_ephemeral_key_ring(workdir)), "store_url": f"sqlite:///{workdir / 'pii.db'}"},
         engine={"rules": str(SAMPLE_RULES)},
         sinks=[{"type": "jsonl", "path": str(workdir / "actions.jsonl"), "fsync": False}],
         outbox={"poll_interval_s": 0.1},
         environ={},
     )
+
+
+def _save_dead_letters(bootstrap: str, topic: str, expected: int, path: Path, timeout_s: float = 30.0) -> None:
+    """Read the dead-letter topic back (as an operator would) into a JSONL file."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-dead-letter-reader-{os.getpid()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    rows = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(rows) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    rows.append({
+                        "key": (message.key() or b"").decode("utf-8", "replace"),
+                        "value_bytes": len(message.value() or b""),
+                        "value": (message.value() or b"").hex(),
+                        "headers": {k: v.decode("utf-8", "replace") for k, v in (message.headers() or [])},
+                    })
+    finally:
+        consumer.close()
+    path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in rows))
+
+
+def _ephemeral_key_ring(workdir: Path) -> Path:
+    """A throwaway PII key ring, so the demo shows encryption at work without any set-up."""
+    path = workdir / "pii-keys.json"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key_ring_to_json(generate_key_ring("demo-1")))
+    return path
 
 
 class _Feeder(threading.Thread):
@@ -128,9 +165,18 @@ async def run_demo(
     metrics_port: int = 9108,
     progress: Callable[[str], None] | None = None,
     max_ahead: int = 5_000,
+    keep: Path | None = None,
 ) -> DemoSummary:
+    """Run the demo; with ``keep``, its files stay there (state and PII stores, delivered actions,
+    dead letters as read back from their topic, and the final metrics)."""
     started = time.monotonic()
-    with EmbeddedKafka() as kafka, tempfile.TemporaryDirectory(prefix="smartico-demo-") as workdir:
+    with contextlib.ExitStack() as scope:
+        kafka = scope.enter_context(EmbeddedKafka())
+        if keep is None:
+            workdir = scope.enter_context(tempfile.TemporaryDirectory(prefix="smartico-demo-"))
+        else:
+            keep.mkdir(parents=True, exist_ok=True)
+            workdir = str(keep)
         settings = demo_settings(kafka.bootstrap_servers, metrics_port, Path(workdir))
         service = Service(settings)
         spec = StreamSpec(users=users, events=events, oversized_bytes=DEMO_MAX_MESSAGE_BYTES + 4096)
@@ -181,4 +227,8 @@ async def run_demo(
         summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
         summary.expected = dict(sorted(feeder.kinds.items()))
         summary.duration_s = round(time.monotonic() - started, 2)
+        if keep is not None:
+            (keep / "metrics.txt").write_bytes(service.metrics.render())
+            _save_dead_letters(kafka.bootstrap_servers, settings.kafka.dead_letter_topic, summary.dead_lettered,
+                               keep / "dead-letters.jsonl")
     return summary

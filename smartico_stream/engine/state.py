@@ -68,6 +68,8 @@ class UserState:
     is_sms_disabled_by_platform: bool | None = None
     has_email: bool = False
     has_phone: bool = False
+    phone_valid: bool | None = None
+    email_domain: str | None = None
     custom: dict[str, Any] = field(default_factory=dict)  # operator custom properties of the profile
     # aggregates the engine maintains (totals per currency)
     deposit_count: int = 0
@@ -268,10 +270,11 @@ def _apply_profile(state: UserState, profile: UserProfile) -> None:
             setattr(state, name, value)
     if profile.gender is not None:
         state.gender = profile.gender.value
-    if profile.email is not None:
-        state.has_email = bool(profile.email.strip())
-    if profile.phone is not None:
-        state.has_phone = bool(profile.phone.strip())
+    # Only derived flags: the PII guard removed the values before the engine (docs/pii.md).
+    for name in ("has_email", "has_phone", "phone_valid", "email_domain"):
+        value = getattr(profile, name)
+        if value is not None:
+            setattr(state, name, value)
     if profile.extra:
         state.custom.update(profile.extra)
 

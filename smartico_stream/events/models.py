@@ -154,6 +154,11 @@ class UserProfile(CanonicalEvent):
     is_sms_disabled_by_platform: bool | None = Field(default=None, description="core_is_sms_disabled_by_platform")
     gender: Gender | None = Field(default=None, description="core_user_gender")
     kyc_status: str | None = Field(default=None, max_length=64, description="core_kyc_status")
+    # Set by the PII guard, which removes email, phone and names from the event on arrival.
+    has_email: bool | None = Field(default=None, description="derived by the PII guard")
+    email_domain: str | None = Field(default=None, max_length=255, description="derived, where configured")
+    has_phone: bool | None = Field(default=None, description="derived by the PII guard")
+    phone_valid: bool | None = Field(default=None, description="derived: the phone parsed as a valid number")
 
     @field_validator("gender", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""decode -> adapt -> dedup -> engine, one batch of raw records at a time.
+"""decode -> adapt -> guard -> dedup -> engine, one batch of raw records at a time.
 
 Every record ends in exactly one of three results, counted per topic: ``ok`` (its events were
 applied), ``deduplicated`` (all its events were repeats inside the window) or ``dead_lettered``.
@@ -22,6 +22,8 @@ from smartico_stream.engine.base import Engine, UserKey
 from smartico_stream.events.models import CanonicalEvent, SourceCoordinates
 from smartico_stream.events.raw import RawRecord, Stream
 from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
+from smartico_stream.pii.guard import PiiGuard
+from smartico_stream.pii.vault import PiiRecord
 from smartico_stream.pipeline.errors import (
     DeadLetter,
     DecodeError,
@@ -69,6 +71,8 @@ class BatchResult:
     dedup_added: dict[PartitionId, list[tuple[int, float]]] = field(default_factory=dict)
     # records whose events the engine could not apply (the caller redoes the batch without them)
     engine_failures: dict[RecordId, Exception] = field(default_factory=dict)
+    # encrypted personal data the guard took out of the events, for the PII vault
+    pii: list[PiiRecord] = field(default_factory=list)
 
     def users(self) -> list[UserKey]:
         """Users with events in this batch, in first-seen order."""
@@ -88,8 +92,10 @@ class Pipeline:
         dedup_window_for: DedupLookup | None = None,
         limits: PipelineLimits = PipelineLimits(),
         clock: Clock | None = None,
+        guard: PiiGuard | None = None,
     ) -> None:
         self._adapter = adapter
+        self._guard = guard
         self._stream_of_topic = dict(stream_of_topic)
         self._dedup_window_for = dedup_window_for
         self._limits = limits
@@ -120,6 +126,13 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - an adapter bug is a dead letter, not a crash
                 self._dead_letter(result, record, "adapt", exc)
                 continue
+            if self._guard is not None:
+                try:
+                    protected = [pii for event in events for pii in self._guard.protect(event)]
+                except Exception as exc:  # noqa: BLE001 - a guard failure must not let plaintext through
+                    self._dead_letter(result, record, "guard", exc)
+                    continue
+                result.pii.extend(protected)
             fresh = self._drop_repeats(record, events, result, seen_now, now)
             if len(fresh) < len(events):
                 result.duplicates_by_topic[record.topic] += len(events) - len(fresh)

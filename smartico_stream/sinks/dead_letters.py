@@ -1,7 +1,8 @@
 """Dead-letter sinks: where records that could not be handled go, with why and where from.
 
-A dead letter keeps the original key, value and headers and adds ``x-smartico-*`` headers with the
-error class, the message, the stage and the source coordinates. The service commits a record's
+A dead letter keeps the original key and headers, the value encrypted with the PII key ring (or
+redacted: see smartico_stream/pii/payloads.py), and adds ``x-smartico-*`` headers with the error
+class, the message, the stage and the source coordinates. The service commits a record's
 offset only after its dead letter is acknowledged (invariant 2)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from smartico_stream.pii.payloads import Protector, redacting
 from smartico_stream.pipeline.errors import DeadLetter
 
 HEADER_PREFIX = "x-smartico-"
@@ -50,7 +52,13 @@ def bounded_value(value: bytes | None, limit: int) -> tuple[bytes | None, list[t
 class KafkaDeadLetterSink:
     """Produces dead letters to a Kafka topic with an idempotent producer."""
 
-    def __init__(self, producer_config: Mapping[str, Any], topic: str, max_value_bytes: int = 512 * 1024) -> None:
+    def __init__(
+        self,
+        producer_config: Mapping[str, Any],
+        topic: str,
+        protect: Protector = redacting,
+        max_value_bytes: int = 512 * 1024,
+    ) -> None:
         config = {
             "enable.idempotence": True,
             "acks": "all",
@@ -60,6 +68,7 @@ class KafkaDeadLetterSink:
         }
         self._producer = Producer(config)
         self._topic = topic
+        self._protect = protect
         self._max_value_bytes = max_value_bytes
         self._failures: list[str] = []
 
@@ -70,8 +79,10 @@ class KafkaDeadLetterSink:
         self._failures.clear()
         now_ms = int(time.time() * 1000)
         for letter in letters:
-            value, extra = bounded_value(letter.record.value, self._max_value_bytes)
-            self._produce(letter.record.key, value, dead_letter_headers(letter, now_ms) + extra)
+            record = letter.record
+            value, extra = bounded_value(record.value, self._max_value_bytes)
+            value, protection = self._protect(value, record.topic, record.partition, record.offset)
+            self._produce(record.key, value, dead_letter_headers(letter, now_ms) + extra + protection)
         remaining = self._producer.flush(timeout_s)
         if remaining or self._failures:
             raise DeadLetterDeliveryError(

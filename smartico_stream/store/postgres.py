@@ -1,14 +1,16 @@
-"""PostgreSQL store (asyncpg), for several instances sharing one consumer group."""
+"""PostgreSQL (asyncpg), for several instances sharing one consumer group."""
 
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 
+from smartico_stream.store.schema import Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -33,14 +35,10 @@ class _PgConnection:
         await self._conn.executemany(_numbered(sql), rows)
 
 
-class PostgresStore(SqlStore):
+class PostgresDatabase:
+    """A connection pool with transactions; ``schema`` (created if missing) isolates one deployment."""
+
     dialect = "postgres"
-    # Lock the lease rows for the rest of the transaction, so a takeover cannot slip in between
-    # the check and the commit.
-    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ? FOR UPDATE"
-    _version_query = (
-        "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows}) FOR UPDATE"
-    )
 
     def __init__(self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
         self.dsn = dsn
@@ -49,24 +47,25 @@ class PostgresStore(SqlStore):
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
 
-    async def open(self) -> None:
-        settings = {"search_path": self.schema} if self.schema else None
+    async def open(self, migrations: Migrations) -> None:
         if self.schema:
             conn = await asyncpg.connect(self.dsn)
             try:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             finally:
                 await conn.close()
+        settings = {"search_path": self.schema} if self.schema else None
         self._pool = await asyncpg.create_pool(
             self.dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
         )
-        # Two instances starting together must not both apply a migration.
+        # Instances starting together must not both apply a migration.
+        lock = zlib.crc32(f"smartico-stream:{self.schema or ''}".encode())
         async with self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock(74218)")
+            await conn.execute("SELECT pg_advisory_lock($1)", lock)
             try:
-                await self.migrate()
+                await apply_migrations(self, migrations)
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(74218)")
+                await conn.execute("SELECT pg_advisory_unlock($1)", lock)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -85,5 +84,19 @@ class PostgresStore(SqlStore):
 
     def _require(self) -> asyncpg.Pool:
         if self._pool is None:
-            raise RuntimeError("store is not open")
+            raise RuntimeError("database is not open")
         return self._pool
+
+
+class PostgresStore(SqlStore):
+    """The state store on PostgreSQL."""
+
+    # Lock the rows read for checks for the rest of the transaction, so a takeover or a concurrent
+    # user update cannot slip in between the check and the commit.
+    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ? FOR UPDATE"
+    _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows}) FOR UPDATE"
+
+    def __init__(self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
+        super().__init__(PostgresDatabase(dsn, schema, min_size, max_size))
+        self.dsn = dsn
+        self.schema = schema

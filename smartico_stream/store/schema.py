@@ -6,9 +6,12 @@ unsigned 64-bit values stored as signed BIGINT (see :func:`to_signed`).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
 
 Dialect = Literal["sqlite", "postgres"]
+Migrations = Sequence[tuple[int, str]]  # (version, script); append only
 
 _TYPES = {
     "sqlite": {"SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB": "BLOB", "FLOAT": "REAL"},
@@ -16,7 +19,7 @@ _TYPES = {
 }
 
 # Append only: a released migration is never edited.
-_MIGRATIONS: list[tuple[int, str]] = [
+STATE_MIGRATIONS: list[tuple[int, str]] = [
     (
         1,
         """
@@ -90,16 +93,37 @@ _MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-LATEST_VERSION = _MIGRATIONS[-1][0]
+LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 
-def migrations(dialect: Dialect) -> list[tuple[int, list[str]]]:
-    """(version, statements) in order, for one dialect."""
+def statements(script: str, dialect: Dialect) -> list[str]:
+    """The script's statements with the dialect's column types filled in."""
     types = _TYPES[dialect]
-    return [
-        (version, [s.strip().format(**types) for s in script.split(";") if s.strip()])
-        for version, script in _MIGRATIONS
-    ]
+    return [s.strip().format(**types) for s in script.split(";") if s.strip()]
+
+
+class _Database(Protocol):
+    dialect: Dialect
+
+    def transaction(self) -> Any: ...
+
+
+async def apply_migrations(db: _Database, migrations: Migrations) -> None:
+    """Apply, in one transaction, the migrations this database does not have yet."""
+    async with db.transaction() as conn:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, script in migrations:
+            if version in applied:
+                continue
+            for statement in statements(script, db.dialect):
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                version, datetime.now(UTC).isoformat(timespec="milliseconds"),
+            )
 
 
 def to_signed(digest: int) -> int:

@@ -1,11 +1,10 @@
-"""The store logic shared by SQLite and PostgreSQL; subclasses supply connections and a dialect.
+"""The state store logic, written once for SQLite and PostgreSQL over a :class:`Database`.
 
-SQL is written once with ``?`` placeholders; the PostgreSQL connection rewrites them to ``$n``.
+SQL uses ``?`` placeholders; the PostgreSQL connection rewrites them to ``$n``.
 """
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -14,7 +13,7 @@ from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import UserState
 from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow, PartitionId, UserKey
-from smartico_stream.store.schema import Dialect, migrations, to_signed, to_unsigned
+from smartico_stream.store.schema import STATE_MIGRATIONS, Dialect, Migrations, to_signed, to_unsigned
 
 
 class Connection(Protocol):
@@ -37,36 +36,44 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-class SqlStore(abc.ABC):
+class Database(Protocol):
+    """What the store logic needs from a database: SQLiteDatabase or PostgresDatabase."""
+
     dialect: Dialect
 
-    # connection primitives ---------------------------------------------------------------------
+    async def open(self, migrations: Migrations) -> None: ...
 
-    @abc.abstractmethod
+    async def close(self) -> None: ...
+
     def transaction(self) -> Any:
         """Async context manager: a Connection inside one write transaction."""
 
-    @abc.abstractmethod
     def connection(self) -> Any:
         """Async context manager: a Connection for reads."""
 
-    @abc.abstractmethod
-    async def close(self) -> None: ...
 
-    # schema ------------------------------------------------------------------------------------
+class SqlStore:
+    """The state store over a :class:`Database` (the Store protocol of store/base.py)."""
 
-    async def migrate(self) -> None:
-        async with self.transaction() as conn:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-            )
-            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, statements in migrations(self.dialect):
-                if version in applied:
-                    continue
-                for statement in statements:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", version, _now())
+    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?"
+    _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows})"
+    _VERSION_CHUNK = 400
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        await self.db.open(STATE_MIGRATIONS)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def transaction(self) -> Any:
+        return self.db.transaction()
+
+    def connection(self) -> Any:
+        return self.db.connection()
 
     # partitions --------------------------------------------------------------------------------
 
@@ -104,10 +111,6 @@ class SqlStore(abc.ABC):
                 stale.append((topic, part))
         if stale:
             raise FencedError(stale)
-
-    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?"
-    _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows})"
-    _VERSION_CHUNK = 400
 
     async def _check_versions(self, conn: Connection, users: Sequence[UserState]) -> None:
         """Optimistic concurrency: each user must still have the version it was loaded with."""

@@ -1,4 +1,4 @@
-"""Embedded SQLite store (the default): one file, WAL journal, one writer at a time."""
+"""Embedded SQLite: one file, WAL journal, one writer at a time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from smartico_stream.store.schema import Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
 
 
@@ -25,9 +26,9 @@ class _SqliteConnection:
         self._db.executemany(sql, rows)
 
 
-class SqliteStore(SqlStore):
-    """Calls run on the event loop's thread: local SQLite calls take microseconds, and one
-    connection used from one thread needs no locking."""
+class SqliteDatabase:
+    """A database file with transactions. Calls run on the event loop's thread: local SQLite calls
+    take microseconds, and one connection used from one thread needs no locking."""
 
     dialect = "sqlite"
 
@@ -36,15 +37,14 @@ class SqliteStore(SqlStore):
         self._synchronous = synchronous
         self._db: sqlite3.Connection | None = None
 
-    async def open(self) -> None:
-        if self.path.parent:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(self, migrations: Migrations) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: transactions are begun explicitly (BEGIN IMMEDIATE takes the write
         # lock up front, so a second process sharing the file waits instead of failing mid-batch).
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={self._synchronous}")
-        await self.migrate()
+        await apply_migrations(self, migrations)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -68,5 +68,13 @@ class SqliteStore(SqlStore):
 
     def _require(self) -> sqlite3.Connection:
         if self._db is None:
-            raise RuntimeError("store is not open")
+            raise RuntimeError("database is not open")
         return self._db
+
+
+class SqliteStore(SqlStore):
+    """The state store on SQLite (the default; one instance per consumer group)."""
+
+    def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
+        super().__init__(SqliteDatabase(path, synchronous))
+        self.path = Path(path)
