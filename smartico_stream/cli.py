@@ -65,14 +65,22 @@ def demo(
     metrics_port: Annotated[int, typer.Option(help="port for /metrics, /healthz, /readyz (0: any free port)")] = 9108,
     json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
     keep: Annotated[Path | None, typer.Option(help="keep the demo's stores, actions, dead letters and metrics here")] = None,
+    transport: Annotated[str, typer.Option(help="kafka (embedded) or rabbitmq (the local broker)")] = "kafka",
+    rabbitmq_url: Annotated[str, typer.Option(help="broker for --transport rabbitmq")] = "amqp://guest:guest@127.0.0.1:5672/",
 ) -> None:
-    """Run the service on an embedded Kafka with a realistic synthetic operator stream, then summarise."""
-    from smartico_stream.demo.runner import run_demo
+    """Run the service on an embedded Kafka (or the local RabbitMQ) with a realistic synthetic
+    operator stream, then summarise."""
+    from smartico_stream.demo.runner import DemoUnavailable, run_demo
 
+    if transport not in ("kafka", "rabbitmq"):
+        _fail(f"--transport takes kafka or rabbitmq, not {transport!r}")
     configure_logging("ERROR", "console")  # the progress line already counts dead letters
     progress = None if json else (lambda line: typer.echo(line, err=True))
-    summary = uvloop.run(run_demo(events=events, users=users, duration_s=duration, metrics_port=metrics_port,
-                                  progress=progress, keep=keep))
+    try:
+        summary = uvloop.run(run_demo(events=events, users=users, duration_s=duration, metrics_port=metrics_port,
+                                      progress=progress, keep=keep, transport=transport, rabbitmq_url=rabbitmq_url))
+    except DemoUnavailable as exc:
+        _fail(str(exc), 1)
     if json:
         sys.stdout.buffer.write(orjson.dumps(summary.as_dict()) + b"\n")
         return

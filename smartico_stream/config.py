@@ -88,6 +88,46 @@ class KafkaSettings(_Section):
         return {topic: stream for stream, topics in self.topics.items() for topic in topics}
 
 
+class RabbitMqSettings(_Section):
+    """RabbitMQ source (docs/rabbitmq.md). Per stream, a consistent-hash exchange spreads messages by
+    their routing key (the user id) over ``queues_per_stream`` queues, each consumed by one active
+    consumer at a time (single-active-consumer), so each user's messages stay in order."""
+
+    url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/", description="AMQP URL (amqps:// for TLS)")
+    connection: dict[str, Any] = Field(
+        default_factory=dict, description="extra aio-pika connect_robust() arguments, passed through untouched"
+    )
+    exchanges: dict[Stream, str] = Field(
+        default_factory=lambda: {
+            Stream.PROFILE: "user_profile",
+            Stream.PAYMENTS: "payments",
+            Stream.CASINO: "casino",
+            Stream.SPORT: "sport",
+        },
+        description="consistent-hash exchange per stream; its queues are <exchange>.<n>",
+    )
+    queues_per_stream: int = Field(default=4, ge=1, le=256)
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    declare: bool = Field(default=True, description="declare the topology; false: only verify it exists")
+    prefetch: int = Field(default=2000, ge=1, le=65535)
+    batch_size: int = Field(default=500, ge=1, description="messages handled (and acked) together")
+    batch_wait_s: float = Field(default=0.05, gt=0, description="longest wait to fill a batch")
+    poll_timeout_s: float = Field(default=0.5, gt=0, le=30, description="longest wait for a first message")
+    dead_letter_exchange: str = "smartico-stream.dead-letters"
+    handled_retention_s: float = Field(
+        default=7 * 24 * 3600, gt=0, description="how long ids of handled messages are kept to ignore redeliveries"
+    )
+    queue_stats_interval_s: float = Field(default=5.0, gt=0, description="how often queue depth is read")
+
+    def queues(self) -> dict[str, Stream]:
+        """Queue name -> stream."""
+        return {
+            f"{exchange}.{n}": stream
+            for stream, exchange in self.exchanges.items()
+            for n in range(self.queues_per_stream)
+        }
+
+
 class DedupSettings(_Section):
     """Short-window deduplication by brand + event type + transaction id (the spec's 2 minutes)."""
 
@@ -174,6 +214,7 @@ class Settings(BaseSettings):
     source: Literal["kafka", "rabbitmq"] = "kafka"
     adapter: str = Field(default="reference", description="adapter name (entry point) mapping operator records")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    rabbitmq: RabbitMqSettings = Field(default_factory=RabbitMqSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

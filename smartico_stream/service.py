@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from cachetools import LRUCache
 
@@ -44,14 +42,14 @@ from smartico_stream.pipeline.pipeline import (
     RecordId,
 )
 from smartico_stream.sinks.action_sinks import ActionSink, build_sink
-from smartico_stream.sinks.dead_letters import DeadLetterDeliveryError, KafkaDeadLetterSink
+from smartico_stream.sinks.dead_letters import DeadLetterDeliveryError
 from smartico_stream.sinks.relay import OutboxRelay
-from smartico_stream.sources.kafka import KafkaSource, PartitionId, connection_config
-from smartico_stream.store import BatchWrite, FencedError, QueuedAction, Store, open_store_from_url
+from smartico_stream.sources.kafka import PartitionId, connection_config
+from smartico_stream.store import BatchWrite, FencedError, Lease, QueuedAction, Store, open_store_from_url
 from smartico_stream.store.base import ConflictError
+from smartico_stream.transports import transport_for
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 _RETRY_S = (0.2, 0.5, 1, 2, 5, 10)
 _BACKLOG_CHECK_EVERY_S = 1.0
@@ -88,11 +86,21 @@ class Ownership:
         self.windows: dict[PartitionId, DedupWindow] = {}
 
     def partitions_assigned(self, partitions: list[PartitionId]) -> Mapping[PartitionId, int]:
+        """Kafka assignment (called on the Kafka thread): take the leases, return where to resume."""
         assert self.loop is not None
+        acquiring = self._store.acquire(partitions, self._settings.instance_id, self._since())
+        return self._adopt(asyncio.run_coroutine_threadsafe(acquiring, self.loop).result(timeout=60))
+
+    async def claim(self, partitions: list[PartitionId]) -> None:
+        """Take over partitions (RabbitMQ queues) this instance just started receiving from: with
+        single-active-consumer, the first delivery is how a member learns it became the owner."""
+        self._adopt(await self._store.acquire(partitions, self._settings.instance_id, self._since()))
+
+    def _since(self) -> float:
+        return self._clock() - self._settings.dedup.window_seconds
+
+    def _adopt(self, leases: Mapping[PartitionId, Lease]) -> dict[PartitionId, int]:
         dedup = self._settings.dedup
-        since = self._clock() - dedup.window_seconds
-        acquiring = self._store.acquire(partitions, self._settings.instance_id, since)
-        leases = asyncio.run_coroutine_threadsafe(acquiring, self.loop).result(timeout=60)
         start: dict[PartitionId, int] = {}
         for tp, lease in leases.items():
             self.epochs[tp] = lease.epoch
@@ -152,26 +160,17 @@ class Service:
         self._clock = clock
         self.ownership = Ownership(settings, self.store, clock, on_revoke=self._cache.clear)
         self.pii = pii_components(settings.pii)
-        kafka = settings.kafka
+        self.transport = transport_for(settings, self.ownership, self.metrics, self.pii.protect_dead_letters)
         self.pipeline = Pipeline(
             adapter=adapter or load_adapter(settings.adapter),
-            stream_of_topic=kafka.stream_of_topic(),
+            stream_of_topic=self.transport.stream_of_topic,
             dedup_window_for=self.ownership.window_for,
             limits=PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key),
             clock=clock,
             guard=self.pii.guard,
         )
-        self.source = KafkaSource(
-            kafka.config,
-            kafka.stream_of_topic(),
-            listener=self.ownership,
-            metrics=self.metrics,
-            batch_size=kafka.batch_size,
-            poll_timeout_s=kafka.poll_timeout_s,
-            statistics_interval_ms=kafka.statistics_interval_ms,
-        )
+        kafka = settings.kafka
         connection = {**connection_config(kafka.config), **kafka.producer_config}
-        self.dead_letters = KafkaDeadLetterSink(connection, kafka.dead_letter_topic, self.pii.protect_dead_letters)
         sinks = sinks if sinks is not None else [build_sink(spec, connection) for spec in settings.sinks]
         outbox = settings.outbox
         self.failpoints = Failpoints.from_env()
@@ -183,8 +182,6 @@ class Service:
         )
         self.sinks = sinks
         self.metrics_server: MetricsServer | None = None
-        # librdkafka clients are used from this one thread only, so their callbacks never race.
-        self._kafka_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka")
         self._log_limiter = RateLimiter()
         self._paused = False
         self._backlog_checked_at = 0.0
@@ -202,30 +199,29 @@ class Service:
             log.info("metrics listening", port=self.metrics_server.port)
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(self.relay.run(relay_stop))
-        await self._in_kafka_thread(self.source.start)
+        await self.transport.start()
         try:
             while not stop.is_set():
                 await self._apply_backpressure()
-                records = await self._in_kafka_thread(self.source.poll_batch)
+                records = await self.transport.poll()
                 self.health.beat()
                 self.metrics.beat()
                 self._update_readiness()
                 if records:
                     await self._handle(records, stop)
                 else:
-                    await self._in_kafka_thread(self.source.retry_commits)
+                    await self.transport.idle()
                 self.metrics.dedup_keys.set(self.ownership.dedup_size())
                 if relay_task.done():
                     relay_task.result()  # a relay crash is a service crash, not a silent stall
         finally:
             self.health.set_ready(False, "shutting down")
+            await self.transport.stop_fetching()
             relay_stop.set()
             self.relay.wake()
             await asyncio.gather(relay_task, return_exceptions=True)
             await self.relay.drain(timeout_s=5.0)  # only now: two deliverers would repeat actions
-            await self._in_kafka_thread(self.source.close)
-            await self._in_kafka_thread(self.dead_letters.close)
-            self._kafka_thread.shutdown(wait=True)
+            await self.transport.close()
             for sink in self.sinks:
                 await sink.close()
             await self.store.close()
@@ -242,12 +238,21 @@ class Service:
         evicted_before = self.ownership.dedup_evicted()
         poisoned: dict[RecordId, Exception] = {}
         attempt = 0
+        consumed = len(records)
+        if self.transport.claims_on_delivery:
+            unowned = sorted({(r.topic, r.partition) for r in records} - set(self.ownership.epochs))
+            if unowned:
+                await self.ownership.claim(unowned)
+        already: list[RawRecord] = []
+        if self.transport.redelivers:
+            records, already = await self._skip_handled(records)
         while records:
             owned = [r for r in records if (r.topic, r.partition) in self.ownership.epochs]
             if len(owned) < len(records):
                 records = owned  # partitions revoked meanwhile: their new owner reads them
                 continue
-            result = self.pipeline.prepare(records, poisoned)
+            adapted = self.pipeline.adapt(records, poisoned)
+            result = self.pipeline.protect_and_dedup(adapted, await self._region_lookup(adapted.users_needing_region()))
             batch = await self._apply(result)
             if result.engine_failures:
                 poisoned.update(result.engine_failures)
@@ -261,7 +266,7 @@ class Service:
                 # replays the batch, and writing the same encrypted values again is harmless.
                 await self.pii.vault.write(result.pii)
             self.failpoints.hit("before_store_commit")
-            write = self._batch_write(result, batch)
+            write = self._batch_write(result, batch, records)
             commit_started = time.perf_counter()
             try:
                 await self.store.commit(write)
@@ -280,11 +285,37 @@ class Service:
             self.metrics.store_commit_seconds.observe(time.perf_counter() - commit_started)
             self._after_commit(result, batch)
             self.failpoints.hit("after_store_commit")
-            await self._in_kafka_thread(self.source.commit, result.next_offsets, result.last_timestamps)
+            await self.transport.handled(result.next_offsets, result.last_timestamps)
             self.relay.wake()
             self._record(records, result, batch, time.perf_counter() - started,
-                         self.ownership.dedup_evicted() - evicted_before)
+                         self.ownership.dedup_evicted() - evicted_before, already)
             return
+        if already or consumed:
+            # Everything in the batch was a redelivery of handled messages (or of fenced partitions).
+            await self.transport.handled({}, {})
+            self._record([], BatchResult(), None, time.perf_counter() - started, 0, already)
+
+    async def _skip_handled(self, records: list[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
+        """Redelivered messages whose ids the store has: handled before a crash, ack them only."""
+        redelivered: dict[PartitionId, list[str]] = {}
+        for record in records:
+            if record.redelivered and record.message_id:
+                redelivered.setdefault((record.topic, record.partition), []).append(record.message_id)
+        if not redelivered:
+            return records, []
+        done: set[tuple[PartitionId, str]] = set()
+        for tp, keys in redelivered.items():
+            done.update((tp, key) for key in await self.store.handled(tp, keys))
+        fresh = [r for r in records if ((r.topic, r.partition), r.message_id) not in done]
+        skipped = [r for r in records if ((r.topic, r.partition), r.message_id) in done]
+        return fresh, skipped
+
+    async def _region_lookup(self, users: list[UserKey]) -> Callable[[UserKey], str | None]:
+        """The stored country of these users (cached, else loaded), for the PII guard."""
+        missing = [key for key in users if key not in self._cache]
+        loaded = await self.store.load_users(missing) if missing else {}
+        known = {key: (self._cache.get(key) or loaded.get(key)) for key in users}
+        return lambda key: state.country if (state := known.get(key)) is not None else None
 
     async def _apply(self, result: BatchResult) -> BatchEngine | None:
         if self._custom_engine is not None:
@@ -301,16 +332,24 @@ class Service:
         self.pipeline.apply(result, batch)
         return batch
 
-    def _batch_write(self, result: BatchResult, batch: BatchEngine | None) -> BatchWrite:
+    def _batch_write(self, result: BatchResult, batch: BatchEngine | None, records: list[RawRecord]) -> BatchWrite:
         partitions = set(result.next_offsets)
+        handled_ids: dict[PartitionId, list[str]] = {}
+        if self.transport.redelivers:
+            for record in records:
+                if record.message_id:
+                    handled_ids.setdefault((record.topic, record.partition), []).append(record.message_id)
         return BatchWrite(
             epochs={tp: self.ownership.epochs[tp] for tp in partitions},
-            offsets=dict(result.next_offsets),
+            offsets=dict(result.next_offsets) if not self.transport.redelivers else {},
             users=list(batch.touched.values()) if batch else [],
             actions=[QueuedAction(tp, action) for tp, action in batch.actions] if batch else [],
             history=list(batch.history) if batch else [],
             dedup_added=result.dedup_added,
             dedup_horizon=self._clock() - self.settings.dedup.window_seconds,
+            handled_messages=handled_ids,
+            handled_at=self._clock(),
+            handled_horizon=self._clock() - self.settings.rabbitmq.handled_retention_s,
         )
 
     def _after_commit(self, result: BatchResult, batch: BatchEngine | None) -> None:
@@ -343,11 +382,11 @@ class Service:
         attempt = 0
         while True:
             try:
-                await self._in_kafka_thread(
-                    self.dead_letters.publish, result.dead_letters, self.settings.kafka.dead_letter_flush_timeout_s
+                await self.transport.publish_dead_letters(
+                    result.dead_letters, self.settings.kafka.dead_letter_flush_timeout_s
                 )
                 return True
-            except DeadLetterDeliveryError as exc:
+            except (DeadLetterDeliveryError, TimeoutError) as exc:
                 delay = _RETRY_S[min(attempt, len(_RETRY_S) - 1)]
                 log.error("dead letters not acknowledged; retrying before commit", error=str(exc), retry_in_s=delay)
                 attempt += 1
@@ -366,22 +405,30 @@ class Service:
         if not self._paused and backlog >= limit:
             log.warning("outbox backlog over the limit; pausing consumption until sinks catch up",
                         backlog=backlog, limit=limit)
-            await self._in_kafka_thread(self.source.pause)
+            await self.transport.pause()
             self._paused = True
-        elif self._paused and backlog < limit // 2:
+        elif self._paused and backlog <= limit // 2:
             log.info("outbox backlog drained; resuming consumption", backlog=backlog)
-            await self._in_kafka_thread(self.source.resume)
+            await self.transport.resume()
             self._paused = False
         self.metrics.paused.set(1 if self._paused else 0)
 
     def _record(self, records: list[RawRecord], result: BatchResult, batch: BatchEngine | None, seconds: float,
-                evicted: int) -> None:
+                evicted: int, already_handled: list[RawRecord]) -> None:
         stats, m = self.stats, self.metrics
         now = time.time()
         stats.first_record_at = stats.first_record_at or now
         stats.last_batch_at = now
         stats.batches += 1
-        stats.consumed += len(records)
+        stats.consumed += len(records) + len(already_handled)
+        stats.deduplicated += len(already_handled)
+        if self.transport.name == "rabbitmq":
+            for record in already_handled:
+                m.rabbitmq_acks.labels(record.topic, "redelivered_handled").inc()
+            outcome_of = {(l.record.topic, l.record.offset) for l in result.dead_letters}
+            for record in records:
+                kind = DEAD_LETTERED if (record.topic, record.offset) in outcome_of else OK
+                m.rabbitmq_acks.labels(record.topic, kind).inc()
         for (topic, outcome), count in result.results.items():
             m.records.labels(topic, outcome).inc(count)
             if outcome == OK:
@@ -409,9 +456,7 @@ class Service:
         m.batch_records.observe(len(records))
 
     def _update_readiness(self) -> None:
-        if not self.health.ready()[0] and self.source.joined:
+        if not self.health.ready()[0] and self.transport.joined:
             self.health.set_ready(True)
             self.metrics.ready.set(1)
 
-    async def _in_kafka_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._kafka_thread, fn, *args)

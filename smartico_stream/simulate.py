@@ -147,7 +147,11 @@ async def _run(
         if missing:
             leases = await store.acquire(missing, "simulate", dedup_since=_OFFLINE_NOW)
             epochs.update({tp: lease.epoch for tp, lease in leases.items()})
-        result = pipeline.prepare(batch_records)
+        adapted = pipeline.adapt(batch_records)
+        needing = await store.load_users(adapted.users_needing_region())
+        result = pipeline.protect_and_dedup(
+            adapted, lambda key: state.country if (state := needing.get(key)) is not None else None
+        )
         users = result.users()
         loaded = await store.load_users(users)
         states = {key: loaded.get(key) or UserState(brand=key[0], user=key[1]) for key in users}

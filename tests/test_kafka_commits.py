@@ -102,7 +102,7 @@ def test_a_commit_refused_during_a_rebalance_is_made_good_while_the_service_runs
                 "the rebalance to complete",
             )
             assert count("smartico_stream_rebalances_total", kind="revoked") == 0
-            assert service.source.assigned == {("payments", q) for q in range(4)}
+            assert service.transport.source.assigned == {("payments", q) for q in range(4)}
             assert service.stats.consumed == n
 
             # Every record is handled, the service keeps running: the partition must end up

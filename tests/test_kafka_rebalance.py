@@ -139,7 +139,7 @@ def test_instance_joining_and_leaving_mid_stream_loses_nothing_keeps_order_and_r
                         "A consuming and the first records produced")
             checkpoints["b_started_at"] = feeder.produced
             tasks["B"] = asyncio.create_task(service_b.run(stop_b))
-            await until(lambda: service_b.stats.consumed > 0 and service_b.source.assigned, "B handling records")
+            await until(lambda: service_b.stats.consumed > 0 and service_b.transport.source.assigned, "B handling records")
             b_works.set()
             await until(lambda: feeder.produced >= B_STOPS_AT, f"{B_STOPS_AT} records produced")
             checkpoints["b_stopped_at"] = feeder.produced

@@ -37,6 +37,10 @@ DEMO_GROUP = "smartico-stream-demo"
 DEMO_MAX_MESSAGE_BYTES = 64 * 1024
 
 
+class DemoUnavailable(RuntimeError):
+    """What the demo needs is not running here; the message says what to start."""
+
+
 @dataclass
 class DemoSummary:
     produced: int = 0
@@ -158,6 +162,89 @@ class _Feeder(threading.Thread):
             self.done.set()
 
 
+class _RabbitFeeder(threading.Thread):
+    """Publishes the synthetic stream to the demo's consistent-hash exchanges (routing key: the
+    user id), with publisher confirms, on its own event loop."""
+
+    def __init__(self, url: str, exchanges: dict[Stream, str], spec: StreamSpec, consumed: Callable[[], int],
+                 deadline: float | None, max_ahead: int) -> None:
+        super().__init__(name="demo-rabbit-feeder", daemon=True)
+        self._url = url
+        self._exchanges = exchanges
+        self._spec = spec
+        self._consumed = consumed
+        self._deadline = deadline
+        self._max_ahead = max_ahead
+        self.produced = 0
+        self.kinds: Counter[str] = Counter()
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._publish())
+        except BaseException as exc:  # noqa: BLE001 - reported by the demo instead of dying silently
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def _publish(self) -> None:
+        import aio_pika
+
+        connection = await aio_pika.connect_robust(self._url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchanges = {stream: await channel.get_exchange(name) for stream, name in self._exchanges.items()}
+            pending: list[Any] = []
+            for record in synthetic_stream(self._spec):
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    break
+                while self.produced - self._consumed() > self._max_ahead:
+                    await asyncio.sleep(0.01)
+                # AMQP has no null routing key: the demo's "null key" records get a placeholder.
+                key = (record.key or b"").decode() or "none"
+                message = aio_pika.Message(record.value, message_id=f"demo-{self.produced}")
+                # Confirms are awaited a window at a time; publishes keep their order on the channel.
+                pending.append(exchanges[record.stream].publish(message, routing_key=key))
+                self.kinds[record.kind.value] += 1
+                if record.defect:
+                    self.kinds[f"malformed:{record.defect}"] += 1
+                self.produced += 1
+                if len(pending) >= 200:
+                    await asyncio.gather(*pending)
+                    pending = []
+            await asyncio.gather(*pending)
+
+
+async def rabbitmq_reachable(url: str) -> str | None:
+    """None when RabbitMQ answers at ``url``; otherwise what to do about it."""
+    import aio_pika
+
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect(url), 5)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported the same way
+        return (
+            f"RabbitMQ is not reachable at {url} ({exc.__class__.__name__}). Start it with "
+            "`rabbitmq-server -detached` and enable the exchange type with "
+            "`rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`."
+        )
+    await connection.close()
+    return None
+
+
+async def _delete_topology(url: str, settings: Settings) -> None:
+    """Remove the demo's exchanges and queues, so runs leave the broker as they found it."""
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in [*settings.rabbitmq.queues(), settings.rabbitmq.dead_letter_exchange]:
+            await channel.queue_delete(queue)
+        for exchange in [*settings.rabbitmq.exchanges.values(), settings.rabbitmq.dead_letter_exchange]:
+            await channel.exchange_delete(exchange)
+
+
 async def run_demo(
     events: int = 20_000,
     users: int = 2_000,
@@ -166,10 +253,17 @@ async def run_demo(
     progress: Callable[[str], None] | None = None,
     max_ahead: int = 5_000,
     keep: Path | None = None,
+    transport: str = "kafka",
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/",
 ) -> DemoSummary:
-    """Run the demo; with ``keep``, its files stay there (state and PII stores, delivered actions,
+    """Run the demo on the embedded Kafka, or with ``transport="rabbitmq"`` on the RabbitMQ at
+    ``rabbitmq_url``; with ``keep``, its files stay there (state and PII stores, delivered actions,
     dead letters as read back from their topic, and the final metrics)."""
     started = time.monotonic()
+    if transport == "rabbitmq":
+        problem = await rabbitmq_reachable(rabbitmq_url)
+        if problem is not None:
+            raise DemoUnavailable(problem)
     with contextlib.ExitStack() as scope:
         kafka = scope.enter_context(EmbeddedKafka())
         if keep is None:
@@ -178,19 +272,40 @@ async def run_demo(
             keep.mkdir(parents=True, exist_ok=True)
             workdir = str(keep)
         settings = demo_settings(kafka.bootstrap_servers, metrics_port, Path(workdir))
-        service = Service(settings)
         spec = StreamSpec(users=users, events=events, oversized_bytes=DEMO_MAX_MESSAGE_BYTES + 4096)
         deadline = started + duration_s if duration_s else None
-        feeder = _Feeder(kafka.bootstrap_servers, spec, lambda: service.stats.consumed, deadline, max_ahead)
+        feeder: _Feeder | _RabbitFeeder
+        if transport == "rabbitmq":
+            prefix = f"smartico-demo-{os.getpid()}-{int(time.time())}"
+            settings = settings.model_copy(update={
+                "source": "rabbitmq",
+                "rabbitmq": settings.rabbitmq.model_copy(update={
+                    "url": rabbitmq_url,
+                    "exchanges": {stream: f"{prefix}.{topic}" for stream, topic in DEMO_TOPICS.items()},
+                    "dead_letter_exchange": f"{prefix}.dead-letters",
+                    "queue_stats_interval_s": 1.0,
+                }),
+            })
+            service = Service(settings)
+            feeder = _RabbitFeeder(rabbitmq_url, dict(settings.rabbitmq.exchanges), spec,
+                                   lambda: service.stats.consumed, deadline, max_ahead)
+        else:
+            service = Service(settings)
+            feeder = _Feeder(kafka.bootstrap_servers, spec, lambda: service.stats.consumed, deadline, max_ahead)
         stop = asyncio.Event()
         summary = DemoSummary(users=users)
         run_task = asyncio.create_task(service.run(stop))
+        while transport == "rabbitmq" and not service.transport.joined and not run_task.done():
+            await asyncio.sleep(0.05)  # the service declares the topology the feeder publishes to
         feeder.start()
         last_consumed, last_tick = 0, time.monotonic()
         announced = False
         while not run_task.done():
             await asyncio.sleep(0.5)
-            lag = sum(p.lag for p in service.source.lag.values())
+            if transport == "rabbitmq":
+                lag = max(feeder.produced - service.stats.consumed, 0)  # messages waiting in the queues
+            else:
+                lag = sum(p.lag for p in service.transport.source.lag.values())
             summary.max_lag = max(summary.max_lag, lag)
             now = time.monotonic()
             if not announced and service.metrics_server is not None:
@@ -211,6 +326,8 @@ async def run_demo(
             elif feeder.done.is_set() and service.stats.consumed >= feeder.produced:
                 stop.set()  # drained: the service commits and leaves the group on its way out
         await run_task
+        if transport == "rabbitmq" and keep is None:
+            await _delete_topology(rabbitmq_url, settings)
         if feeder.error is not None:
             raise RuntimeError(f"demo producer failed: {feeder.error}") from feeder.error
         stats = service.stats
@@ -227,7 +344,7 @@ async def run_demo(
         summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
         summary.expected = dict(sorted(feeder.kinds.items()))
         summary.duration_s = round(time.monotonic() - started, 2)
-        if keep is not None:
+        if keep is not None and transport == "kafka":
             (keep / "metrics.txt").write_bytes(service.metrics.render())
             _save_dead_letters(kafka.bootstrap_servers, settings.kafka.dead_letter_topic, summary.dead_lettered,
                                keep / "dead-letters.jsonl")

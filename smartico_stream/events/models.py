@@ -145,7 +145,8 @@ class UserProfile(CanonicalEvent):
     email: str | None = Field(default=None, max_length=320, description="user_email (PII)")
     first_name: str | None = Field(default=None, max_length=256, description="user_first_name (PII)")
     last_name: str | None = Field(default=None, max_length=256, description="user_last_name (PII)")
-    phone: str | None = Field(default=None, max_length=64, description="user_phone (PII)")
+    # Generous bound: an unusable phone is kept (encrypted, flagged invalid), not a reason to reject.
+    phone: str | None = Field(default=None, max_length=256, description="user_phone (PII)")
     affiliate_id: int | None = Field(default=None, description="core_affiliate_id (numeric)")
     affiliate_str: str | None = Field(default=None, max_length=256, description="core_affiliate_str")
     is_email_disabled_by_platform: bool | None = Field(

@@ -17,8 +17,9 @@ class Stream(StrEnum):
 
 @dataclass(slots=True)
 class RawRecord:
-    """One broker record, transport-neutral. ``offset`` is the Kafka offset or, for RabbitMQ, the
-    delivery tag; ``timestamp_ms`` is the broker timestamp (0 when the broker gives none)."""
+    """One broker record, transport-neutral. For Kafka, ``topic``/``partition``/``offset`` are the
+    record's coordinates; for RabbitMQ, ``topic`` is the queue, ``partition`` 0 and ``offset`` the
+    delivery tag. ``timestamp_ms`` is the broker timestamp (0 when the broker gives none)."""
 
     transport: str
     topic: str
@@ -28,3 +29,6 @@ class RawRecord:
     value: bytes | None
     timestamp_ms: int = 0
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # RabbitMQ: the broker may deliver a message again after a crash; the id tells it was handled.
+    message_id: str | None = None
+    redelivered: bool = False

@@ -130,6 +130,35 @@ class Metrics:
             "smartico_stream_outbox_backlog", "Committed actions not yet delivered to every sink (owned partitions)",
             registry=r,
         )
+        # RabbitMQ source (per queue)
+        self.rabbitmq_deliveries = Counter(
+            "smartico_stream_rabbitmq_deliveries", "Messages delivered to this instance, by queue", ["queue"],
+            registry=r,
+        )
+        self.rabbitmq_acks = Counter(
+            "smartico_stream_rabbitmq_acks",
+            "Messages acknowledged, by queue and kind (ok, deduplicated, dead_lettered, redelivered_handled, failed)",
+            ["queue", "kind"], registry=r,
+        )
+        self.rabbitmq_ready = Gauge(
+            "smartico_stream_rabbitmq_queue_messages_ready", "Messages ready in the queue (read from the broker)",
+            ["queue"], registry=r,
+        )
+        self.rabbitmq_consumers = Gauge(
+            "smartico_stream_rabbitmq_queue_consumers", "Consumers registered on the queue (read from the broker)",
+            ["queue"], registry=r,
+        )
+        self.rabbitmq_unacked = Gauge(
+            "smartico_stream_rabbitmq_unacked_messages", "Messages this instance holds unacknowledged, by queue",
+            ["queue"], registry=r,
+        )
+        self.rabbitmq_recoveries = Counter(
+            "smartico_stream_rabbitmq_connection_recoveries", "Times the RabbitMQ connection was re-established",
+            registry=r,
+        )
+        self.rabbitmq_connected = Gauge(
+            "smartico_stream_rabbitmq_connected", "1 while connected to RabbitMQ", registry=r
+        )
         self.paused = Gauge(
             "smartico_stream_consumption_paused", "1 while consumption waits for sinks to drain the outbox", registry=r
         )

@@ -28,8 +28,10 @@ class PiiGuard:
     def stores_values(self) -> bool:
         return self._ring is not None
 
-    def protect(self, event: CanonicalEvent) -> list[PiiRecord]:
-        """Strip personal data from ``event`` (in place); return the encrypted records to store."""
+    def protect(self, event: CanonicalEvent, default_region: str | None = None) -> list[PiiRecord]:
+        """Strip personal data from ``event`` (in place); return the encrypted records to store.
+        ``default_region`` (the user's known country) reads national phone numbers in profile
+        updates that do not repeat the country."""
         if not isinstance(event, UserProfile):
             return []
         records: list[PiiRecord] = []
@@ -42,7 +44,7 @@ class PiiGuard:
                     event.email_domain = email_domain(email)
                 records += self._record(event, "email", email, is_plausible_email(email))
         if event.phone is not None:
-            phone = normalise_phone(event.phone, event.country)
+            phone = normalise_phone(event.phone, event.country or default_region)
             event.has_phone = bool(event.phone.strip())
             event.phone_valid = phone.valid
             # An unparseable number is still kept (encrypted, flagged invalid): support may need it.

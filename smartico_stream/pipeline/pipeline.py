@@ -80,6 +80,27 @@ class BatchResult:
 
 
 DedupLookup = Callable[[str, int], DedupWindow | None]
+RegionLookup = Callable[[UserKey], str | None]
+
+
+@dataclass(slots=True)
+class Adapted:
+    """A batch decoded and adapted, not yet guarded or deduplicated."""
+
+    result: BatchResult
+    items: list[tuple[RawRecord, list[CanonicalEvent]]] = field(default_factory=list)
+
+    def users_needing_region(self) -> list[UserKey]:
+        """Users with a profile event carrying a phone but no country: the guard needs their
+        stored country to read a national number."""
+        return list(
+            dict.fromkeys(
+                event.user_key
+                for _, events in self.items
+                for event in events
+                if getattr(event, "phone", None) and not getattr(event, "country", None)
+            )
+        )
 
 
 class Pipeline:
@@ -101,12 +122,11 @@ class Pipeline:
         self._limits = limits
         self._clock = clock
 
-    def prepare(self, records: Sequence[RawRecord], poisoned: Mapping[RecordId, Exception] = {}) -> BatchResult:
-        """Decode, adapt and dedup. ``poisoned`` records (the engine failed on them in an earlier
-        attempt at this batch) are dead-lettered with that error instead."""
-        result = BatchResult()
-        seen_now: set[tuple[PartitionId, int]] = set()
-        now = self._clock() if self._clock else None
+    def adapt(self, records: Sequence[RawRecord], poisoned: Mapping[RecordId, Exception] = {}) -> Adapted:
+        """Decode and adapt. ``poisoned`` records (the engine failed on them in an earlier attempt at
+        this batch) are dead-lettered with that error instead."""
+        adapted = Adapted(BatchResult())
+        result = adapted.result
         for record in records:
             coordinates = (record.topic, record.partition)
             result.next_offsets[coordinates] = record.offset + 1
@@ -122,18 +142,36 @@ class Pipeline:
                 self._dead_letter(result, record, "decode", exc)
                 continue
             try:
-                events = self._adapt(record, message, context)
+                adapted.items.append((record, self._adapt(record, message, context)))
             except Exception as exc:  # noqa: BLE001 - an adapter bug is a dead letter, not a crash
                 self._dead_letter(result, record, "adapt", exc)
-                continue
+        return adapted
+
+    def protect_and_dedup(self, adapted: Adapted, region_of: RegionLookup | None = None) -> BatchResult:
+        """Strip personal data from every event (the guard), then drop repeats. ``region_of`` gives
+        a user's known country, for phones in profile updates that do not repeat it."""
+        result = adapted.result
+        seen_now: set[tuple[PartitionId, int]] = set()
+        now = self._clock() if self._clock else None
+        countries: dict[UserKey, str] = {}
+        for record, events in adapted.items:
+            protected: dict[int, list[PiiRecord]] = {}
             if self._guard is not None:
                 try:
-                    protected = [pii for event in events for pii in self._guard.protect(event)]
+                    for event in events:
+                        country = getattr(event, "country", None)
+                        if country:
+                            countries[event.user_key] = country
+                        region = countries.get(event.user_key) or (region_of(event.user_key) if region_of else None)
+                        protected[id(event)] = self._guard.protect(event, default_region=region)
                 except Exception as exc:  # noqa: BLE001 - a guard failure must not let plaintext through
                     self._dead_letter(result, record, "guard", exc)
                     continue
-                result.pii.extend(protected)
             fresh = self._drop_repeats(record, events, result, seen_now, now)
+            # Only what survives dedup reaches the vault: a late repeat of an old profile must not
+            # overwrite newer values.
+            for event in fresh:
+                result.pii.extend(protected.get(id(event), ()))
             if len(fresh) < len(events):
                 result.duplicates_by_topic[record.topic] += len(events) - len(fresh)
             if events and not fresh:
@@ -141,6 +179,15 @@ class Pipeline:
                 continue
             result.accepted.append(Accepted(record, fresh))
         return result
+
+    def prepare(
+        self,
+        records: Sequence[RawRecord],
+        poisoned: Mapping[RecordId, Exception] = {},
+        region_of: RegionLookup | None = None,
+    ) -> BatchResult:
+        """adapt + protect_and_dedup."""
+        return self.protect_and_dedup(self.adapt(records, poisoned), region_of)
 
     def apply(self, result: BatchResult, engine: Engine) -> BatchResult:
         """Hand each user's events to the engine in source order; count outcomes."""

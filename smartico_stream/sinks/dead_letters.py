@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aio_pika
 from confluent_kafka import KafkaError, Producer
 
 from smartico_stream.pii.payloads import Protector, redacting
@@ -107,3 +108,51 @@ class KafkaDeadLetterSink:
         if self._producer is not None:
             self._producer.flush(timeout_s)
             self._producer = None  # type: ignore[assignment]
+
+
+class RabbitMqDeadLetterSink:
+    """Publishes dead letters to the dead-letter exchange (routing key: the source queue) with
+    publisher confirms, carrying the same headers as the Kafka dead letters."""
+
+    def __init__(self, channel_factory: Any, exchange: str, protect: Protector = redacting,
+                 max_value_bytes: int = 512 * 1024) -> None:
+        self._channel_factory = channel_factory
+        self._exchange_name = exchange
+        self._protect = protect
+        self._max_value_bytes = max_value_bytes
+        self._channel: Any = None
+
+    async def publish(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        try:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self._channel_factory()
+            exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
+            now_ms = int(time.time() * 1000)
+            for letter in letters:
+                record = letter.record
+                value, extra = bounded_value(record.value, self._max_value_bytes)
+                value, protection = self._protect(value, record.topic, record.partition, record.offset)
+                # AMQP header values are text here (the Kafka letters carry the same values as bytes).
+                headers = {
+                    name: content.decode("utf-8", "replace")
+                    for name, content in dead_letter_headers(letter, now_ms) + extra + protection
+                }
+                await exchange.publish(
+                    aio_pika.Message(
+                        body=value or b"",
+                        headers=headers,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        message_id=record.message_id,
+                    ),
+                    routing_key=record.topic,
+                    mandatory=True,
+                )
+        except Exception as exc:  # noqa: BLE001 - any failure means: not acknowledged, do not ack the batch
+            self._channel = None
+            raise DeadLetterDeliveryError(f"dead letters not confirmed by RabbitMQ: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()

@@ -46,6 +46,8 @@ class OutboxRelay:
         self._failures: dict[str, int] = {}
         self._rng = random.Random()
         self._failpoints = failpoints or Failpoints({})
+        self._deadline: float | None = None
+        self._stop: asyncio.Event | None = None
 
     @property
     def sink_names(self) -> list[str]:
@@ -56,6 +58,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         while not stop.is_set():
             delivered_any = False
             for sink in self._sinks:
@@ -69,16 +72,34 @@ class OutboxRelay:
                 pass
 
     async def drain(self, timeout_s: float) -> bool:
-        """Deliver what is pending (used at shutdown); True when nothing is left."""
+        """Deliver what is pending (used at shutdown); True when nothing is left. Never takes much
+        longer than ``timeout_s``, even while a sink is failing."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            progressed = False
-            for sink in self._sinks:
-                progressed |= await self._deliver_once(sink)
-            if not progressed:
-                return await self.backlog() == 0
-        return False
+        self._deadline = loop.time() + timeout_s
+        try:
+            while loop.time() < self._deadline:
+                progressed = False
+                for sink in self._sinks:
+                    progressed |= await self._deliver_once(sink)
+                if not progressed:
+                    return await self.backlog() == 0
+            return False
+        finally:
+            self._deadline = None
+
+    async def _pause(self, delay: float) -> None:
+        """Back off from a failing sink; cut short by shutdown (not by new work, which would hammer
+        the sink), and never past a drain's deadline."""
+        if self._deadline is not None:
+            delay = min(delay, max(0.0, self._deadline - asyncio.get_running_loop().time()))
+        stop = self._stop
+        if stop is None or stop.is_set():
+            await asyncio.sleep(delay)
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            pass
 
     async def backlog(self) -> int:
         leases = self._leases()
@@ -106,7 +127,7 @@ class OutboxRelay:
             report = log.warning if exc.retryable else log.error
             report("sink delivery failed; actions stay in the outbox", sink=sink.name, error=str(exc),
                    retryable=exc.retryable, retry_in_s=round(delay, 2), pending=len(rows))
-            await asyncio.sleep(delay)
+            await self._pause(delay)
             return False
         self._failures.pop(sink.name, None)
         self._failpoints.hit("after_sink_delivery")

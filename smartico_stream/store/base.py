@@ -65,6 +65,10 @@ class BatchWrite:
     history: list[HistoryEntry] = field(default_factory=list)
     dedup_added: dict[PartitionId, list[tuple[int, float]]] = field(default_factory=dict)
     dedup_horizon: float | None = None  # keys first seen before this are deleted
+    # RabbitMQ has no offsets: the ids of handled messages make a redelivery harmless
+    handled_messages: dict[PartitionId, list[str]] = field(default_factory=dict)
+    handled_at: float = 0.0
+    handled_horizon: float | None = None  # ids handled before this are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,9 @@ class Store(Protocol):
 
     async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
         """Stored state of the users that have one."""
+
+    async def handled(self, partition: PartitionId, message_keys: Sequence[str]) -> set[str]:
+        """Which of these messages were already handled (a redelivery after a crash)."""
 
     async def commit(self, batch: BatchWrite) -> None:
         """Write the batch atomically; raise FencedError (and write nothing) if any epoch is stale."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from collections.abc import AsyncIterator, Sequence
@@ -10,8 +11,15 @@ from typing import Any
 
 import asyncpg
 
+from smartico_stream.store.base import ConflictError
 from smartico_stream.store.schema import Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
+
+
+def user_lock_id(brand: str, user: str) -> int:
+    """A stable signed 64-bit advisory-lock id for one user."""
+    digest = hashlib.blake2b(f"{brand}\x1f{user}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 _PLACEHOLDER = re.compile(r"\?")
 
@@ -48,24 +56,21 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
 
     async def open(self, migrations: Migrations) -> None:
-        if self.schema:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            finally:
-                await conn.close()
-        settings = {"search_path": self.schema} if self.schema else None
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
-        )
-        # Instances starting together must not both apply a migration.
+        # Instances starting together must not both create the schema or apply a migration: one
+        # session-level advisory lock covers both.
         lock = zlib.crc32(f"smartico-stream:{self.schema or ''}".encode())
-        async with self._pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", lock)
-            try:
-                await apply_migrations(self, migrations)
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+        guard = await asyncpg.connect(self.dsn)
+        try:
+            await guard.execute("SELECT pg_advisory_lock($1)", lock)
+            if self.schema:
+                await guard.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            settings = {"search_path": self.schema} if self.schema else None
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
+            )
+            await apply_migrations(self, migrations)
+        finally:
+            await guard.close()  # also releases the lock
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -91,10 +96,22 @@ class PostgresDatabase:
 class PostgresStore(SqlStore):
     """The state store on PostgreSQL."""
 
-    # Lock the rows read for checks for the rest of the transaction, so a takeover or a concurrent
-    # user update cannot slip in between the check and the commit.
+    # Lock the lease rows read for the check for the rest of the transaction, so a takeover cannot
+    # slip in between the check and the commit.
     _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ? FOR UPDATE"
-    _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows}) FOR UPDATE"
+
+    async def _lock_users(self, conn: Any, keys: Sequence[tuple[str, str]]) -> None:
+        """Serialise writers of the same users, including users no row exists for yet (a row lock
+        cannot cover those), in one global order so two batches never deadlock."""
+        locks = sorted({user_lock_id(brand, user) for brand, user in keys})
+        await conn.execute("SELECT pg_advisory_xact_lock(h) FROM unnest(?::bigint[]) AS h ORDER BY h", locks)
+
+    async def commit(self, batch: Any) -> None:
+        try:
+            await super().commit(batch)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+            # Should not happen with the ordered locks; if it does, it is a conflict to redo.
+            raise ConflictError([(u.brand, u.user) for u in batch.users]) from exc
 
     def __init__(self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
         super().__init__(PostgresDatabase(dsn, schema, min_size, max_size))

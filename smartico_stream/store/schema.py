@@ -81,6 +81,14 @@ STATE_MIGRATIONS: list[tuple[int, str]] = [
             next_offset BIGINT NOT NULL,
             PRIMARY KEY (topic, part)
         );
+        CREATE TABLE handled_messages (
+            topic TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            message_key TEXT NOT NULL,
+            handled_at {FLOAT} NOT NULL,
+            PRIMARY KEY (topic, part, message_key)
+        );
+        CREATE INDEX handled_age ON handled_messages (handled_at);
         CREATE TABLE partition_leases (
             topic TEXT NOT NULL,
             part INTEGER NOT NULL,

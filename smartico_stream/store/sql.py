@@ -80,7 +80,7 @@ class SqlStore:
     async def acquire(self, partitions: Sequence[PartitionId], owner: str, dedup_since: float) -> dict[PartitionId, Lease]:
         leases: dict[PartitionId, Lease] = {}
         async with self.transaction() as conn:
-            for topic, part in partitions:
+            for topic, part in sorted(partitions):  # one lock order for every writer: no deadlocks
                 await conn.execute(
                     "INSERT INTO partition_leases (topic, part, owner, epoch, acquired_at) VALUES (?, ?, ?, 1, ?) "
                     "ON CONFLICT (topic, part) DO UPDATE SET owner = excluded.owner, "
@@ -112,10 +112,14 @@ class SqlStore:
         if stale:
             raise FencedError(stale)
 
+    async def _lock_users(self, conn: Connection, keys: Sequence[UserKey]) -> None:
+        """SQLite has one writer at a time (BEGIN IMMEDIATE): nothing more to lock."""
+
     async def _check_versions(self, conn: Connection, users: Sequence[UserState]) -> None:
         """Optimistic concurrency: each user must still have the version it was loaded with."""
         expected = {(u.brand, u.user): u.version for u in users}
-        keys = list(expected)
+        keys = sorted(expected)
+        await self._lock_users(conn, keys)
         stored: dict[UserKey, int] = {}
         for start in range(0, len(keys), self._VERSION_CHUNK):
             chunk = keys[start : start + self._VERSION_CHUNK]
@@ -138,7 +142,8 @@ class SqlStore:
                     "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
                     "updated_at = excluded.updated_at",
-                    [(u.brand, u.user, u.to_json(), u.version + 1, now) for u in batch.users],
+                    [(u.brand, u.user, u.to_json(), u.version + 1, now)
+                     for u in sorted(batch.users, key=lambda u: (u.brand, u.user))],
                 )
             if batch.actions:
                 await conn.executemany(
@@ -174,6 +179,19 @@ class SqlStore:
                         "DELETE FROM dedup_keys WHERE topic = ? AND part = ? AND first_seen < ?",
                         topic, part, batch.dedup_horizon,
                     )
+            handled = [(t, p, key, batch.handled_at) for (t, p), keys in batch.handled_messages.items() for key in keys]
+            if handled:
+                await conn.executemany(
+                    "INSERT INTO handled_messages (topic, part, message_key, handled_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (topic, part, message_key) DO NOTHING",
+                    handled,
+                )
+            if batch.handled_horizon is not None and batch.handled_messages:
+                for topic, part in batch.handled_messages:
+                    await conn.execute(
+                        "DELETE FROM handled_messages WHERE topic = ? AND part = ? AND handled_at < ?",
+                        topic, part, batch.handled_horizon,
+                    )
             if batch.offsets:
                 await conn.executemany(
                     "INSERT INTO source_offsets (topic, part, next_offset) VALUES (?, ?, ?) "
@@ -190,6 +208,20 @@ class SqlStore:
                     state = UserState.from_json(bytes(rows[0][0]))
                     state.version = int(rows[0][1])
                     found[(brand, user)] = state
+        return found
+
+    async def handled(self, partition: PartitionId, message_keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        topic, part = partition
+        async with self.connection() as conn:
+            for start in range(0, len(message_keys), self._VERSION_CHUNK):
+                chunk = list(message_keys[start : start + self._VERSION_CHUNK])
+                rows = await conn.fetch(
+                    "SELECT message_key FROM handled_messages WHERE topic = ? AND part = ? AND message_key IN "
+                    f"({', '.join('?' for _ in chunk)})",
+                    topic, part, *chunk,
+                )
+                found.update(r[0] for r in rows)
         return found
 
     # outbox ------------------------------------------------------------------------------------

@@ -1,0 +1,239 @@
+"""``smartico-stream lag --config FILE``: the consumer group's lag as the broker sees it.
+
+Read from the broker, never from the service: it works while every instance is down (which is
+when it matters most), in cron jobs and in CI checks, and it exits non-zero above a threshold.
+
+- Kafka: per partition of every configured topic, the group's committed offset, the high watermark
+  and the lag (high watermark minus committed; from the log start when the group never committed).
+  The group is never joined: offsets are fetched with OffsetFetch, so running this next to the
+  service causes no rebalance.
+- RabbitMQ: per configured queue (``rabbitmq.exchanges`` x ``rabbitmq.queues_per_stream``), the
+  messages waiting and the consumers attached, from a passive queue declare (it never creates one).
+
+Exit codes: 0 within the threshold, 1 above it, 2 unusable configuration, 3 broker unreachable or a
+configured topic/queue missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from smartico_stream.config import ConfigError, Settings, load_settings
+from smartico_stream.sources.kafka import PartitionLag, committed_lag, connection_config
+
+__all__ = [
+    "LagError",
+    "LagReport",
+    "PartitionLag",
+    "QueueDepth",
+    "group_lag",
+    "lag_app",
+    "lag_command",
+    "queue_depths",
+    "report",
+]
+
+EXIT_OK, EXIT_OVER_THRESHOLD, EXIT_CONFIG, EXIT_BROKER = 0, 1, 2, 3
+
+
+class LagError(RuntimeError):
+    """The broker could not be asked (unreachable, refused, or a configured topic/queue is missing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    queue: str
+    messages: int  # ready messages (not yet delivered to a consumer)
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class LagReport:
+    source: str  # kafka | rabbitmq
+    group: str  # Kafka group id, or the RabbitMQ URL's vhost
+    partitions: tuple[PartitionLag, ...] = ()
+    queues: tuple[QueueDepth, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """Messages the group still has to handle: Kafka lag, or RabbitMQ ready messages."""
+        if self.source == "kafka":
+            return sum(p.lag for p in self.partitions)
+        return sum(q.messages for q in self.queues)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "group": self.group,
+            "total": self.total,
+            "partitions": [asdict(p) for p in self.partitions],
+            "queues": [asdict(q) for q in self.queues],
+        }
+
+
+# -- Kafka ----------------------------------------------------------------------------------------
+
+
+def lag_consumer_config(settings: Settings) -> dict[str, Any]:
+    """The connection settings of ``kafka.config`` (SASL, TLS, ...) plus the group id; nothing that
+    would make this client join the group or commit."""
+    kafka = settings.kafka.config
+    return {
+        **connection_config(kafka),
+        "group.id": kafka["group.id"],
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "logger": logging.getLogger("smartico_stream.rdkafka.lag"),
+    }
+
+
+def group_lag(settings: Settings, timeout_s: float = 10.0) -> list[PartitionLag]:
+    """Committed offset, high watermark and lag of every partition of the configured topics, for the
+    configured group, read from the broker. Raises LagError when the broker cannot answer or a
+    configured topic does not exist (a typo there would otherwise read as "no lag")."""
+    consumer = Consumer(lag_consumer_config(settings))
+    try:
+        try:
+            # All topics, so that a missing one is reported rather than auto-created.
+            metadata = consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise LagError(f"cannot read cluster metadata: {exc.args[0]}") from None
+        wanted: list[TopicPartition] = []
+        missing = []
+        for topic in settings.kafka.stream_of_topic():
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                missing.append(topic)
+                continue
+            wanted.extend(TopicPartition(topic, p) for p in sorted(info.partitions))
+        if missing:
+            raise LagError(f"topic(s) not found on the cluster: {', '.join(sorted(missing))}")
+        try:
+            lags = committed_lag(consumer, wanted, timeout_s)
+        except KafkaException as exc:
+            raise LagError(f"cannot read committed offsets of group {settings.kafka.config['group.id']}: "
+                           f"{exc.args[0]}") from None
+        return sorted(lags, key=lambda p: (p.topic, p.partition))
+    finally:
+        consumer.close()
+
+
+# -- RabbitMQ -------------------------------------------------------------------------------------
+
+
+async def queue_depths(settings: Settings, timeout_s: float = 10.0) -> list[QueueDepth]:
+    """Ready messages and consumers of every configured queue, by passive declare."""
+    import aio_pika
+    from aiormq.exceptions import ChannelNotFoundEntity
+
+    rabbit = settings.rabbitmq
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect_robust(rabbit.url, **rabbit.connection), timeout_s)
+    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise LagError(f"cannot connect to RabbitMQ: {exc or type(exc).__name__}") from None
+    depths: list[QueueDepth] = []
+    missing: list[str] = []
+    try:
+        channel = await connection.channel()
+        for name in rabbit.queues():
+            if channel.is_closed:  # a failed passive declare closes its channel
+                channel = await connection.channel()
+            try:
+                declared = await asyncio.wait_for(channel.declare_queue(name, passive=True), timeout_s)
+            except ChannelNotFoundEntity:
+                missing.append(name)
+                continue
+            result = declared.declaration_result
+            depths.append(QueueDepth(name, int(result.message_count or 0), int(result.consumer_count or 0)))
+    finally:
+        await connection.close()
+    if missing:
+        raise LagError(f"queue(s) not found: {', '.join(missing)}")
+    return depths
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def report(settings: Settings, timeout_s: float = 10.0) -> LagReport:
+    if settings.source == "rabbitmq":
+        from urllib.parse import urlsplit
+
+        vhost = urlsplit(settings.rabbitmq.url).path.lstrip("/") or "/"
+        depths = asyncio.run(queue_depths(settings, timeout_s))
+        return LagReport("rabbitmq", vhost, queues=tuple(depths))
+    return LagReport("kafka", str(settings.kafka.config["group.id"]), partitions=tuple(group_lag(settings, timeout_s)))
+
+
+def render_table(lag: LagReport) -> str:
+    if lag.source == "kafka":
+        header = ("TOPIC", "PARTITION", "COMMITTED", "HIGH_WATERMARK", "LAG")
+        rows = [
+            (p.topic, str(p.partition), str(p.committed) if p.committed >= 0 else "-", str(p.high_watermark),
+             str(p.lag))
+            for p in lag.partitions
+        ]
+        footer = ("TOTAL", "", "", "", str(lag.total))
+        title = f"kafka group {lag.group}"
+    else:
+        header = ("QUEUE", "MESSAGES", "CONSUMERS")
+        rows = [(q.queue, str(q.messages), str(q.consumers)) for q in lag.queues]
+        footer = ("TOTAL", str(lag.total), str(sum(q.consumers for q in lag.queues)))
+        title = f"rabbitmq vhost {lag.group}"
+    table = [header, *rows, footer]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = [title]
+    for row in table:
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+lag_app = typer.Typer(add_completion=False, help="Consumer lag read from the broker.")
+
+
+@lag_app.command("lag")
+def lag_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=True, dir_okay=False)],
+    max_lag: Annotated[
+        int | None,
+        typer.Option("--max-lag", min=0, help="exit 1 when the total lag (Kafka) or ready messages (RabbitMQ) exceed this"),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0,
+) -> None:
+    """Per-partition committed offset, high watermark and lag of the group (Kafka), or per-queue depth
+    and consumers (RabbitMQ), read from the broker; works while the service is down.
+
+    Exit codes: 0 within --max-lag, 1 above it, 2 invalid configuration, 3 broker unreachable or a
+    configured topic/queue missing."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    try:
+        lag = report(settings, timeout)
+    except LagError as exc:
+        typer.echo(f"lag: {exc}", err=True)
+        raise typer.Exit(EXIT_BROKER) from None
+    if json:
+        sys.stdout.buffer.write(orjson.dumps(lag.as_dict()) + b"\n")
+        sys.stdout.flush()
+    else:
+        typer.echo(render_table(lag))
+    if max_lag is not None and lag.total > max_lag:
+        typer.echo(f"lag: total {lag.total} is above --max-lag {max_lag}", err=True)
+        raise typer.Exit(EXIT_OVER_THRESHOLD)
+
+
+if __name__ == "__main__":
+    lag_app()

@@ -1,0 +1,248 @@
+"""RabbitMQ source: consistent-hash topology, single active consumer per queue, batched acks.
+
+Per stream, a consistent-hash exchange spreads messages over N queues by routing key (the user id),
+so one user's messages always land in one queue; each queue has single-active-consumer, so one
+consumer at a time owns it and a standby takes over when it dies. Messages are buffered up to the
+prefetch, handed over in batches, and acknowledged with one ``ack(multiple=True)`` per batch, only
+after the batch was handled. It knows nothing of adapters, rules or stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import time
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+
+from smartico_stream.config import RabbitMqSettings
+from smartico_stream.events.raw import RawRecord
+from smartico_stream.observability.logging import get_logger
+from smartico_stream.observability.metrics import Metrics
+
+log = get_logger(__name__)
+
+
+class TopologyError(RuntimeError):
+    """The exchanges or queues are missing or declared differently; says what to ask the operator for."""
+
+
+def message_key(message: AbstractIncomingMessage) -> str:
+    """What identifies a message across redeliveries: its message id, else a digest of its body."""
+    if message.message_id:
+        return f"id:{message.message_id}"
+    return "sha256:" + hashlib.sha256(message.body).hexdigest()
+
+
+class RabbitMqSource:
+    def __init__(self, settings: RabbitMqSettings, metrics: Metrics) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._queues = settings.queues()
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._consumer_tags: dict[str, str] = {}
+        # (queue, message) in delivery order; the batch in hand is acked once it is handled
+        self._buffer: list[tuple[str, AbstractIncomingMessage]] = []
+        self._in_hand: list[tuple[str, AbstractIncomingMessage]] = []
+        self._filled = asyncio.Event()
+        self._stats_task: asyncio.Task[None] | None = None
+        self.connected = False
+
+    @property
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
+
+    # lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._connection = await aio_pika.connect_robust(self._settings.url, **self._settings.connection)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        self._connection.close_callbacks.add(self._on_close)
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self._settings.prefetch)
+        await self._topology(self._channel)
+        for name in self._queues:
+            queue = await self._channel.get_queue(name, ensure=False)
+            self._consumer_tags[name] = await queue.consume(functools.partial(self._on_message, name), no_ack=False)
+        self._set_connected(True)
+        self._stats_task = asyncio.create_task(self._queue_stats_loop())
+        log.info("consuming", queues=len(self._queues), prefetch=self._settings.prefetch)
+
+    async def stop_fetching(self) -> None:
+        """Cancel the consumers: the broker stops delivering; what is buffered can still be handled."""
+        if self._channel is None or self._channel.is_closed:
+            return
+        for name, tag in list(self._consumer_tags.items()):
+            try:
+                queue = await self._channel.get_queue(name, ensure=False)
+                await queue.cancel(tag)
+            except Exception as exc:  # noqa: BLE001 - shutting down: the broker requeues on close anyway
+                log.warning("cancelling a consumer failed", queue=name, error=str(exc))
+        self._consumer_tags.clear()
+
+    async def close(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        if self._connection is not None:
+            await self._connection.close()
+        self._set_connected(False)
+
+    @property
+    def joined(self) -> bool:
+        return self.connected
+
+    def connection_handle(self) -> AbstractRobustConnection:
+        """The robust connection (for a publisher channel sharing it)."""
+        if self._connection is None:
+            raise RuntimeError("the RabbitMQ source is not started")
+        return self._connection
+
+    # consuming ---------------------------------------------------------------------------------
+
+    async def _on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
+        self._buffer.append((queue, message))
+        if len(self._buffer) >= self._settings.batch_size:
+            self._filled.set()
+
+    async def poll_batch(self, timeout_s: float) -> list[RawRecord]:
+        """Up to ``batch_size`` buffered messages in delivery order; waits at most ``timeout_s`` for
+        the first, then ``batch_wait_s`` for the batch to fill."""
+        deadline = time.monotonic() + timeout_s
+        while not self._buffer and time.monotonic() < deadline:
+            self._filled.clear()
+            try:
+                await asyncio.wait_for(self._filled.wait(), min(0.05, max(deadline - time.monotonic(), 0.001)))
+            except TimeoutError:
+                pass
+        if self._buffer and len(self._buffer) < self._settings.batch_size:
+            self._filled.clear()
+            try:
+                await asyncio.wait_for(self._filled.wait(), self._settings.batch_wait_s)
+            except TimeoutError:
+                pass
+        batch, self._buffer = self._buffer[: self._settings.batch_size], self._buffer[self._settings.batch_size :]
+        self._in_hand = batch
+        for queue, _ in batch:
+            self._metrics.rabbitmq_deliveries.labels(queue).inc()
+        return [self._record(queue, message) for queue, message in batch]
+
+    @staticmethod
+    def _record(queue: str, message: AbstractIncomingMessage) -> RawRecord:
+        timestamp = message.timestamp
+        return RawRecord(
+            transport="rabbitmq",
+            topic=queue,
+            partition=0,
+            offset=int(message.delivery_tag or 0),
+            key=message.routing_key.encode() if message.routing_key else None,
+            value=message.body,
+            timestamp_ms=int(timestamp.timestamp() * 1000) if timestamp else 0,
+            headers=[(str(k), _header_bytes(v)) for k, v in (message.headers or {}).items()],
+            message_id=message_key(message),
+            redelivered=bool(message.redelivered),
+        )
+
+    async def acknowledge(self) -> bool:
+        """Ack every message of the batch in hand with one ``multiple=True`` ack (its delivery tags
+        are the lowest outstanding on this channel). False when the channel died meanwhile: the
+        broker then redelivers them, flagged, and the store's handled ids make that harmless."""
+        batch, self._in_hand = self._in_hand, []
+        if not batch:
+            return True
+        _, last = max(batch, key=lambda item: item[1].delivery_tag or 0)
+        try:
+            await last.ack(multiple=True)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.warning("ack failed; the broker will redeliver this batch and its ids will be skipped",
+                        error=str(exc), messages=len(batch))
+            return False
+        return True
+
+    # topology ----------------------------------------------------------------------------------
+
+    async def _topology(self, channel: AbstractChannel) -> None:
+        settings = self._settings
+        arguments = {"x-single-active-consumer": True, "x-queue-type": settings.queue_type}
+        try:
+            if settings.declare:
+                # Dead letters: a topic exchange (routing key = source queue) and one queue catching all.
+                dead_letters = await channel.declare_exchange(
+                    settings.dead_letter_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+                )
+                catch_all = await channel.declare_queue(
+                    settings.dead_letter_exchange, durable=True, arguments={"x-queue-type": settings.queue_type}
+                )
+                await catch_all.bind(dead_letters, routing_key="#")
+            else:
+                await channel.get_exchange(settings.dead_letter_exchange, ensure=True)
+            for stream, exchange_name in settings.exchanges.items():
+                if settings.declare:
+                    exchange = await channel.declare_exchange(exchange_name, "x-consistent-hash", durable=True)
+                else:
+                    exchange = await channel.get_exchange(exchange_name, ensure=True)
+                for n in range(settings.queues_per_stream):
+                    name = f"{exchange_name}.{n}"
+                    if settings.declare:
+                        queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+                        await queue.bind(exchange, routing_key="1")  # equal weights
+                    else:
+                        await channel.declare_queue(name, passive=True)
+        except (ChannelNotFoundEntity, ChannelPreconditionFailed) as exc:
+            raise TopologyError(
+                f"RabbitMQ topology does not match the configuration ({exc}); with rabbitmq.declare=false ask "
+                "the operator for: per stream a durable x-consistent-hash exchange and "
+                f"{settings.queues_per_stream} durable {settings.queue_type} queues <exchange>.<n> with "
+                "x-single-active-consumer=true bound with routing key '1' (see docs/rabbitmq.md)"
+            ) from None
+
+    async def _queue_stats_loop(self) -> None:
+        """Queue depth and consumers as the broker sees them (passive declares on a side channel)."""
+        while True:
+            try:
+                if self._connection is not None and not self._connection.is_closed:
+                    channel = await self._connection.channel()
+                    try:
+                        for name in self._queues:
+                            declared = await channel.declare_queue(name, passive=True)
+                            result = declared.declaration_result
+                            self._metrics.rabbitmq_ready.labels(name).set(result.message_count or 0)
+                            self._metrics.rabbitmq_consumers.labels(name).set(result.consumer_count or 0)
+                    finally:
+                        await channel.close()
+                held = [queue for queue, _ in [*self._buffer, *self._in_hand]]
+                for name in self._queues:
+                    self._metrics.rabbitmq_unacked.labels(name).set(held.count(name))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - statistics must never stop consumption
+                log.warning("reading queue statistics failed", error=str(exc))
+            await asyncio.sleep(self._settings.queue_stats_interval_s)
+
+    # connection events -------------------------------------------------------------------------
+
+    def _on_reconnect(self, *_: Any) -> None:
+        # Messages buffered from the dead channel will be redelivered (flagged) by the broker; their
+        # delivery tags are meaningless on the new channel.
+        self._buffer.clear()
+        self._in_hand = []
+        self._metrics.rabbitmq_recoveries.inc()
+        self._set_connected(True)
+        log.info("reconnected to RabbitMQ; consumers restored")
+
+    def _on_close(self, *_: Any) -> None:
+        self._set_connected(False)
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        self._metrics.rabbitmq_connected.set(1 if connected else 0)
+
+
+def _header_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()

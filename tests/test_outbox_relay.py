@@ -1,0 +1,384 @@
+"""The outbox relay and backpressure.
+
+- A failing sink delays actions without losing them; once it recovers every action is delivered, in
+  outbox order per partition (first the relay alone over a store, with a real JSONL sink whose
+  directory cannot be created and later can, and a sink double that fails half-way through a batch).
+- The service in-process: while its sink is down the outbox backlog grows to ``outbox.max_backlog``,
+  consumption pauses (``smartico_stream_consumption_paused 1``, nothing more is read), and after the
+  sink recovers the backlog drains, consumption resumes and every record and action gets through.
+
+The sink doubles below are sinks we own (they implement the ActionSink protocol); the broker and the
+store are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from smartico_stream.engine.actions import Action, ActionKind  # noqa: E402
+from smartico_stream.engine.rules import load_rules  # noqa: E402
+from smartico_stream.observability.metrics import Metrics  # noqa: E402
+from smartico_stream.service import Service  # noqa: E402
+from smartico_stream.sinks.action_sinks import JsonlSink, SinkError  # noqa: E402
+from smartico_stream.sinks.relay import OutboxRelay  # noqa: E402
+from smartico_stream.store import BatchWrite, QueuedAction  # noqa: E402
+from smartico_stream.store.sqlite import SqliteStore  # noqa: E402
+
+P0 = ("payments", 0)
+P1 = ("payments", 1)
+BASE_MS = 1_700_000_000_000
+
+
+class FlakySink:
+    """A sink double: records every action it acknowledged, in order. While ``broken`` it raises
+    SinkError; with ``fail_after=k`` it accepts the first k actions of the next batch and then fails
+    (a partial delivery, as a webhook or broker may do)."""
+
+    def __init__(self, name: str = "flaky", broken: bool = False) -> None:
+        self.name = name
+        self.broken = broken
+        self.fail_after: int | None = None
+        self.received: list[Action] = []
+        self.calls = 0
+        self.failures = 0
+
+    async def deliver(self, actions: Sequence[Action]) -> None:
+        self.calls += 1
+        if self.broken:
+            self.failures += 1
+            raise SinkError(f"{self.name}: down", retryable=True)
+        if self.fail_after is not None:
+            accepted, self.fail_after = self.fail_after, None
+            self.received.extend(actions[:accepted])
+            self.failures += 1
+            raise SinkError(f"{self.name}: failed after {accepted} of {len(actions)}", retryable=True)
+        self.received.extend(actions)
+
+    async def close(self) -> None:
+        pass
+
+    def ids(self) -> list[str]:
+        return [a.action_id for a in self.received]
+
+
+def action(n: int, partition: tuple[str, int]) -> Action:
+    return Action(
+        action_id=f"b1/ev-{n}/r1/1/0", rule_id="r1", action=ActionKind.GIVE_POINTS, params={"amount": Decimal(1)},
+        brand="b1", user=f"u{partition[1]}", event_id=f"ev-{n}", event_type="deposit",
+        event_time="2024-03-01T12:00:00Z", execution=1,
+    )
+
+
+async def outbox_by_partition(store: Any) -> dict[tuple[str, int], list[str]]:
+    async with store.connection() as conn:
+        rows = await conn.fetch("SELECT topic, part, body FROM outbox ORDER BY seq")
+    order: dict[tuple[str, int], list[str]] = {}
+    for topic, part, body in rows:
+        order.setdefault((topic, int(part)), []).append(orjson.loads(bytes(body))["action_id"])
+    return order
+
+
+def first_occurrences(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+def per_partition(ids: Sequence[str], partition_of: dict[str, tuple[str, int]]) -> dict[tuple[str, int], list[str]]:
+    order: dict[tuple[str, int], list[str]] = {}
+    for action_id in ids:
+        order.setdefault(partition_of[action_id], []).append(action_id)
+    return order
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+# -- the relay over a store -------------------------------------------------------------------------
+
+
+async def _commit_actions(store: SqliteStore, epochs: dict[tuple[str, int], int], numbers: range) -> None:
+    # Interleaved partitions: the global seq order mixes them, per-partition order must still hold.
+    await store.commit(BatchWrite(
+        epochs=epochs, actions=[QueuedAction(P0 if n % 3 else P1, action(n, P0 if n % 3 else P1)) for n in numbers]
+    ))
+
+
+def test_a_failing_sink_delays_actions_without_losing_them_and_delivers_all_in_order_once_it_recovers(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        for start in (0, 10, 20):
+            await _commit_actions(store, epochs, range(start, start + 10))
+
+        # A real JSONL sink that cannot write: its directory cannot be created (a file is in the way;
+        # a read-only directory would not stop root).
+        blocker = tmp_path / "blocked"
+        blocker.write_text("not a directory")
+        jsonl = JsonlSink(blocker / "actions.jsonl", name="jsonl")
+        healthy = FlakySink("healthy")
+        metrics = Metrics()
+        relay = OutboxRelay(store, [jsonl, healthy], lambda: dict(epochs), metrics, batch_size=7,
+                            poll_interval_s=0.02, retry_backoff_s=0.01, max_backoff_s=0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            # The healthy sink gets everything; the broken one nothing, and its cursor stays put.
+            await until(lambda: len(healthy.received) == 30, "the healthy sink to get the 30 actions")
+            await asyncio.sleep(0.2)  # several retries of the broken sink
+            assert await store.outbox_backlog(["jsonl"], [P0, P1]) == 30
+            assert await store.outbox_backlog(["healthy"], [P0, P1]) == 0
+            assert metrics.sink_deliveries.labels("jsonl", "failure")._value.get() >= 14  # >= 2 failed batches
+            assert metrics.sink_deliveries.labels("jsonl", "success")._value.get() == 0
+            assert not blocker.is_dir()
+
+            # More actions are committed during the outage: they queue up too.
+            await _commit_actions(store, epochs, range(30, 40))
+            relay.wake()
+            await until(lambda: len(healthy.received) == 40, "the healthy sink to get the new actions")
+            assert await store.outbox_backlog(["jsonl"], [P0, P1]) == 40
+
+            # The sink recovers.
+            blocker.unlink()
+            path = blocker / "actions.jsonl"
+            await until(lambda: path.exists() and path.read_bytes().count(b"\n") >= 40, "the JSONL sink to catch up")
+            await until(lambda: metrics.sink_deliveries.labels("jsonl", "success")._value.get() == 40,
+                        "the JSONL cursor to advance")
+        finally:
+            stop.set()
+            relay.wake()
+            await asyncio.wait_for(task, 10)
+
+        expected = await outbox_by_partition(store)
+        partition_of = {i: tp for tp, ids in expected.items() for i in ids}
+        written = [orjson.loads(line)["action_id"] for line in path.read_bytes().splitlines()]
+        assert len(written) == len(set(written)) == 40, "a failed write left nothing behind; nothing repeated"
+        assert per_partition(written, partition_of) == expected, "outbox order per partition"
+        assert per_partition(healthy.ids(), partition_of) == expected
+        assert await store.outbox_backlog(["jsonl", "healthy"], [P0, P1]) == 0
+        assert await relay.drain(1.0) is True
+        await jsonl.close()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_partial_delivery_is_resent_so_the_receiver_sees_repeats_but_no_gap_and_no_reordering(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        await _commit_actions(store, epochs, range(0, 25))
+        sink = FlakySink()
+        sink.fail_after = 3
+        relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), batch_size=10,
+                            poll_interval_s=0.02, retry_backoff_s=0.01, max_backoff_s=0.02)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await until(lambda: len(set(sink.ids())) == 25, "all 25 actions to arrive")
+            await until(lambda: sink.calls >= 4, "the relay to finish its batches")
+            sink.fail_after = 4  # once more, half-way through a later batch
+            await _commit_actions(store, epochs, range(25, 40))
+            relay.wake()
+            await until(lambda: len(set(sink.ids())) == 40, "all 40 actions to arrive")
+            await until(lambda: sink.failures == 2, "the second failure")
+        finally:
+            stop.set()
+            relay.wake()
+            await asyncio.wait_for(task, 10)
+
+        expected = await outbox_by_partition(store)
+        partition_of = {i: tp for tp, ids in expected.items() for i in ids}
+        ids = sink.ids()
+        assert len(ids) == 40 + 3 + 4, "exactly the partially delivered actions were repeated"
+        assert per_partition(first_occurrences(ids), partition_of) == expected
+        # Every repeat is a resend of a prefix: within a partition, delivery never goes backwards
+        # past an action not yet delivered.
+        for tp, order in per_partition(ids, partition_of).items():
+            position = {a: i for i, a in enumerate(expected[tp])}
+            seen = -1
+            for action_id in order:
+                assert position[action_id] <= seen + 1, f"{tp}: {action_id} delivered before its predecessors"
+                seen = max(seen, position[action_id])
+        assert await store.outbox_backlog([sink.name], [P0, P1]) == 0
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+# -- the service: backpressure ----------------------------------------------------------------------
+
+
+RULES = """
+rules:
+  - id: every-deposit
+    name: One point per deposit
+    trigger: {event: deposit}
+    actions:
+      - {action: give_points, amount: 1}
+"""
+
+
+def deposit(user: str, n: int) -> bytes:
+    return orjson.dumps({
+        "type": "deposit", "dt_finalized": BASE_MS + n, "ext_brand_id": "relay-brand", "user_ext_id": user,
+        "transaction_id": f"relay-dep-{n}", "amount": "15.00", "core_wallet_currency": "EUR",
+    })
+
+
+def paused_metric(scrape: Callable[[int, str], tuple[int, str]], service: Service) -> float | None:
+    assert service.metrics_server is not None
+    status, body = scrape(service.metrics_server.port, "/metrics")
+    assert status == 200
+    for line in body.splitlines():
+        if line.startswith("smartico_stream_consumption_paused "):
+            return float(line.split()[1])
+    return None
+
+
+@pytest.mark.kafka
+def test_consumption_pauses_while_the_backlog_is_over_the_limit_and_resumes_once_it_drains(
+    tmp_path: Path, make_settings: Any, producer: Any, run_service: Any, scrape: Any
+) -> None:
+    topic = "relay-payments"
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(RULES)
+    p = producer()
+    p.ensure_topics(topic)
+    settings = make_settings(
+        topics={"payments": [topic]},
+        kafka={"batch_size": 20},
+        outbox={"max_backlog": 60, "poll_interval_s": 0.05, "retry_backoff_s": 0.05, "max_backoff_s": 0.2},
+    )
+    store = SqliteStore(tmp_path / "state.db")
+    sink = FlakySink("flaky", broken=True)
+    service = Service(settings, store=store, rules=load_rules(rules_path), sinks=[sink])
+    users = [f"relay-user-{i}" for i in range(12)]
+
+    async def scenario() -> None:
+        async with run_service(service) as running:
+            # 100 deposits, 100 actions: over the limit of 60 while the sink is down.
+            for n in range(100):
+                p.send(topic, users[n % len(users)], deposit(users[n % len(users)], n))
+            p.flush()
+            await running.wait_until(lambda: service.stats.consumed == 100, "the first 100 records")
+            await running.wait_until(lambda: paused_metric(scrape, service) == 1.0, "consumption to pause", 10)
+            assert sink.received == [] and sink.failures > 0
+            backlog = await store.outbox_backlog([sink.name], list(service.ownership.epochs))
+            assert backlog == 100
+
+            # While paused, new records wait in Kafka: none is consumed.
+            for n in range(100, 300):
+                p.send(topic, users[n % len(users)], deposit(users[n % len(users)], n))
+            p.flush()
+            await asyncio.sleep(2.5)  # more than two backlog checks (one per second)
+            assert service.stats.consumed == 100, "nothing is consumed while paused"
+            assert paused_metric(scrape, service) == 1.0
+
+            # The sink recovers: the backlog drains, consumption resumes, everything gets through.
+            sink.broken = False
+            await running.wait_until(lambda: service.stats.consumed == 300, "the remaining 200 records", 30)
+            await running.wait_until(lambda: len(set(sink.ids())) == 300, "all 300 actions delivered", 30)
+            await running.wait_until(lambda: paused_metric(scrape, service) == 0.0, "the paused gauge to drop", 10)
+            expected = await outbox_by_partition(store)
+            assert sum(len(ids) for ids in expected.values()) == 300
+            partition_of = {i: tp for tp, ids in expected.items() for i in ids}
+            assert per_partition(first_occurrences(sink.ids()), partition_of) == expected
+            assert len(sink.ids()) == 300, "a sink that fails whole batches gets no repeats"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.kafka
+def test_with_a_backlog_limit_of_one_consumption_resumes_once_the_sink_recovers(
+    tmp_path: Path, make_settings: Any, producer: Any, run_service: Any, scrape: Any
+) -> None:
+    """``outbox.max_backlog`` accepts 1 (the setting's lower bound). Consumption pauses at a backlog of
+    1 and must resume once the sink has delivered everything (a backlog of 0)."""
+    topic = "relay-one"
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(RULES)
+    p = producer()
+    p.ensure_topics(topic)
+    settings = make_settings(
+        topics={"payments": [topic]},
+        outbox={"max_backlog": 1, "poll_interval_s": 0.05, "retry_backoff_s": 0.05, "max_backoff_s": 0.1},
+    )
+    store = SqliteStore(tmp_path / "state.db")
+    sink = FlakySink("flaky", broken=True)
+    service = Service(settings, store=store, rules=load_rules(rules_path), sinks=[sink])
+
+    async def scenario() -> None:
+        async with run_service(service) as running:
+            for n in range(5):
+                p.send(topic, "relay-user", deposit("relay-user", n))
+            p.flush()
+            await running.wait_until(lambda: service.stats.consumed == 5, "the first 5 records")
+            await running.wait_until(lambda: paused_metric(scrape, service) == 1.0, "consumption to pause", 10)
+            sink.broken = False
+            await running.wait_until(lambda: len(sink.received) == 5, "the 5 actions delivered", 10)
+            for n in range(5, 10):
+                p.send(topic, "relay-user", deposit("relay-user", n))
+            p.flush()
+            await running.wait_until(
+                lambda: service.stats.consumed == 10, "consumption to resume with an empty backlog", 6
+            )
+            await running.wait_until(lambda: paused_metric(scrape, service) == 0.0, "the paused gauge to drop", 5)
+
+    asyncio.run(scenario())
+
+
+def test_stopping_the_relay_while_a_sink_is_down_does_not_wait_out_the_retry_backoff(tmp_path: Path) -> None:
+    """The service stops its relay on SIGTERM, then calls ``drain(timeout_s=5)``. With a sink down the
+    relay sleeps up to ``outbox.max_backoff_s`` (30 s by default) between attempts; neither the stop
+    nor the drain deadline may wait that sleep out, or a pod overruns its termination grace period
+    and is SIGKILLed."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        await _commit_actions(store, epochs, range(0, 5))
+        sink = FlakySink("down", broken=True)
+        relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), retry_backoff_s=3600.0,
+                            max_backoff_s=3600.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await until(lambda: sink.failures >= 1, "the first failed delivery")
+            stop.set()
+            relay.wake()
+            started = time.monotonic()
+            done, _ = await asyncio.wait({task}, timeout=3.0)
+            assert done, "relay.run() did not return within 3 s of being stopped: it sleeps out the retry backoff"
+            drained = asyncio.create_task(relay.drain(timeout_s=1.0))
+            done, _ = await asyncio.wait({drained}, timeout=3.0)
+            assert done, "relay.drain(timeout_s=1) did not return within 3 s: it sleeps out the retry backoff"
+            assert drained.result() is False  # the sink is still down: not drained, and nothing lost
+            assert await store.outbox_backlog([sink.name], [P0, P1]) == 5
+            assert time.monotonic() - started < 6
+        finally:
+            for pending in asyncio.all_tasks() - {asyncio.current_task()}:
+                pending.cancel()
+            await store.close()
+
+    asyncio.run(scenario())
