@@ -431,12 +431,9 @@ class Service:
                 m.rabbitmq_acks.labels(record.topic, kind).inc()
         for (topic, outcome), count in result.results.items():
             m.records.labels(topic, outcome).inc(count)
-            if outcome == OK:
-                stats.processed += count
-            elif outcome == DEDUPLICATED:
-                stats.deduplicated += count
-            elif outcome == DEAD_LETTERED:
-                stats.dead_lettered += count
+        stats.processed += result.count(OK)
+        stats.deduplicated += result.count(DEDUPLICATED)
+        stats.dead_lettered += result.count(DEAD_LETTERED)
         for letter in result.dead_letters:
             m.dead_letters.labels(letter.record.topic, letter.stage, letter.error_class).inc()
         for topic, count in result.duplicates_by_topic.items():

@@ -178,11 +178,7 @@ async def _run(
         on_actions([action for _, action in batch.actions])
         summary.records += len(batch_records)
         summary.actions += len(batch.actions)
-        for (_, outcome), count in result.results.items():
-            if outcome == OK:
-                summary.processed += count
-            elif outcome == DEDUPLICATED:
-                summary.deduplicated += count
-            elif outcome == DEAD_LETTERED:
-                summary.dead_lettered += count
+        summary.processed += result.count(OK)
+        summary.deduplicated += result.count(DEDUPLICATED)
+        summary.dead_lettered += result.count(DEAD_LETTERED)
     return summary

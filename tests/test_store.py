@@ -13,6 +13,7 @@ deadlock error, never a lost update).
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import sys
 from collections.abc import AsyncIterator
@@ -290,7 +291,7 @@ async def test_a_failure_in_the_middle_of_a_commit_writes_nothing(store: Any, fa
         bad.users[1] = ExplodingUser(brand="b1", user="u2", points=Decimal(9), version=1)
         bad.users = [good, bad.users[1]]
     elif failure == "action_to_json":
-        bad.actions.append(QueuedAction(P1, ExplodingAction(**action(99).model_dump())))
+        bad.actions.append(QueuedAction(P1, ExplodingAction(**dataclasses.asdict(action(99)))))
     elif failure == "dedup_digest_overflow":
         bad.dedup_added[P1].append((1 << 65, 123.0))  # does not fit a BIGINT even as signed
     else:

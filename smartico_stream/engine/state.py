@@ -129,9 +129,9 @@ class UserState:
 
     def to_json(self) -> bytes:
         # The version lives in its own store column, not in the document.
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "version"}
+        data = {name: getattr(self, name) for name in _DOCUMENT_FIELDS}
         data["tags"] = sorted(self.tags)
-        data["rules"] = {rid: {f.name: getattr(p, f.name) for f in fields(p)} for rid, p in sorted(self.rules.items())}
+        data["rules"] = {rid: {name: getattr(p, name) for name in _PROGRESS_FIELDS} for rid, p in sorted(self.rules.items())}
         return orjson.dumps(data, default=_encode, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
@@ -156,10 +156,13 @@ class UserState:
             )
             for rid, p in (data.get("rules") or {}).items()
         }
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _KNOWN_FIELDS})
 
 
+# Computed once: dataclasses.fields() is slow enough to show in profiles when called per user.
+_DOCUMENT_FIELDS = tuple(f.name for f in fields(UserState) if f.name != "version")  # version: own column
+_KNOWN_FIELDS = frozenset(f.name for f in fields(UserState))
+_PROGRESS_FIELDS = tuple(f.name for f in fields(RuleProgress))
 _DATETIME_FIELDS = tuple(
     f.name for f in fields(UserState) if "datetime" in str(f.type)
 )

@@ -95,6 +95,8 @@ PastUtcTimestamp = Annotated[UtcTimestamp, AfterValidator(_must_be_past)]
 
 def normalise_id(value: Any) -> str:
     """Ids arrive as int, string or uuid; the canonical form is a non-empty string."""
+    if type(value) is str and value and not value[0].isspace() and not value[-1].isspace():
+        return value  # the common case, first
     if isinstance(value, bool) or value is None:
         raise ValueError("an id must be an int, a string or a uuid")
     if isinstance(value, int):

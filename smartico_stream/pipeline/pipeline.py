@@ -74,6 +74,10 @@ class BatchResult:
     # encrypted personal data the guard took out of the events, for the PII vault
     pii: list[PiiRecord] = field(default_factory=list)
 
+    def count(self, outcome: str) -> int:
+        """Records of this batch with ``outcome`` (OK, DEDUPLICATED or DEAD_LETTERED), all topics."""
+        return sum(n for (_, result), n in self.results.items() if result == outcome)
+
     def users(self) -> list[UserKey]:
         """Users with events in this batch, in first-seen order."""
         return list(dict.fromkeys(e.user_key for item in self.accepted for e in item.events))
