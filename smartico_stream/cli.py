@@ -35,11 +35,18 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 async def _until_signalled(run: Any) -> None:
-    """Run ``run(stop)`` and set ``stop`` on SIGTERM/SIGINT, so the batch in hand is finished."""
+    """Run ``run(stop)`` and set ``stop`` on SIGTERM/SIGINT, so the batch in hand is finished. A
+    second signal exits at once (what was not committed is read again on restart)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await run(stop)
 
 
@@ -53,7 +60,13 @@ def run(config: ConfigOption) -> None:
     except ConfigError as exc:
         _fail(str(exc))
     configure_logging(settings.logging.level, settings.logging.format)
-    service = Service(settings)
+    from smartico_stream.engine.rules import RuleLoadError
+    from smartico_stream.pii.keys import PiiKeyError
+
+    try:
+        service = Service(settings)
+    except (RuleLoadError, PiiKeyError) as exc:
+        _fail(str(exc))
     uvloop.run(_until_signalled(service.run))
 
 
@@ -475,6 +488,11 @@ def pii_decrypt_dead_letters(
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
+
+
+from smartico_stream.ops.lag import lag_command  # noqa: E402 - registered beside the other commands
+
+app.command("lag")(lag_command)
 
 
 def main() -> None:

@@ -231,6 +231,18 @@ class Settings(BaseSettings):
         description="names this member in partition leases (fencing)",
     )
 
+    @model_validator(mode="after")
+    def _liveness_outlasts_blocking_waits(self) -> Settings:
+        # The heartbeat is the poll loop turning; the longest single wait inside one turn must fit.
+        longest = self.kafka.dead_letter_flush_timeout_s + self.kafka.poll_timeout_s
+        if self.metrics.heartbeat_timeout_s <= longest:
+            raise ValueError(
+                f"metrics.heartbeat_timeout_s={self.metrics.heartbeat_timeout_s} must exceed "
+                f"kafka.dead_letter_flush_timeout_s + kafka.poll_timeout_s = {longest}, or /healthz fails "
+                "(and the pod restarts) while the loop is merely waiting for the broker"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

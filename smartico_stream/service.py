@@ -204,8 +204,7 @@ class Service:
             while not stop.is_set():
                 await self._apply_backpressure()
                 records = await self.transport.poll()
-                self.health.beat()
-                self.metrics.beat()
+                self._beat()
                 self._update_readiness()
                 if records:
                     await self._handle(records, stop)
@@ -278,7 +277,10 @@ class Service:
             except ConflictError as exc:
                 self._forget(batch.touched if batch else {})
                 self.metrics.batch_retries.labels("conflict").inc()
+                if stop.is_set():
+                    return  # nothing of this batch is committed; it is read again on restart
                 await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+                self._beat()
                 attempt += 1
                 log.info("users changed concurrently; redoing the batch", users=len(exc.users))
                 continue
@@ -393,6 +395,8 @@ class Service:
                 if stop.is_set():
                     return False
                 await asyncio.sleep(delay)
+                # The loop is alive, only blocked by the broker: liveness must not restart the pod.
+                self._beat()
 
     async def _apply_backpressure(self) -> None:
         now = time.monotonic()
@@ -451,6 +455,10 @@ class Service:
             m.dedup_evictions.inc(evicted)
         m.batch_seconds.observe(seconds)
         m.batch_records.observe(len(records))
+
+    def _beat(self) -> None:
+        self.health.beat()
+        self.metrics.beat()
 
     def _update_readiness(self) -> None:
         if not self.health.ready()[0] and self.transport.joined:

@@ -246,7 +246,15 @@ class RuleSet:
 
 def load_rules(path: Path) -> RuleSet:
     """Load a rule file or a folder of them. Raises RuleLoadError listing every problem."""
-    files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+    # Hidden entries are skipped: a Kubernetes ConfigMap volume holds a "..<timestamp>/" copy.
+    files = (
+        sorted(
+            p for p in path.rglob("*")
+            if p.suffix in (".yaml", ".yml") and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if path.is_dir()
+        else [path]
+    )
     if path.is_dir() and not files:
         raise RuleLoadError([f"{path}: no *.yaml or *.yml rule files"])
     problems: list[str] = []

@@ -103,8 +103,9 @@ class KafkaDeadLetterSink:
         if error is not None:
             self._failures.append(error.str())
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Flush and destroy the producer; the sink cannot publish afterwards."""
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Flush and destroy the producer; the sink cannot publish afterwards. Short: letters still
+        unacknowledged here belong to a batch that was not committed, so they are produced again."""
         if self._producer is not None:
             self._producer.flush(timeout_s)
             self._producer = None  # type: ignore[assignment]
