@@ -199,8 +199,8 @@ class Service:
             log.info("metrics listening", port=self.metrics_server.port)
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(self.relay.run(relay_stop))
-        await self.transport.start()
         try:
+            await self.transport.start()  # inside the try: a failed start still closes what opened
             while not stop.is_set():
                 await self._apply_backpressure()
                 records = await self.transport.poll()
@@ -215,7 +215,6 @@ class Service:
                     relay_task.result()  # a relay crash is a service crash, not a silent stall
         finally:
             self.health.set_ready(False, "shutting down")
-            await self.transport.stop_fetching()
             relay_stop.set()
             self.relay.wake()
             await asyncio.gather(relay_task, return_exceptions=True)
@@ -243,9 +242,14 @@ class Service:
             if unowned:
                 await self.ownership.claim(unowned)
         already: list[RawRecord] = []
-        if self.transport.redelivers:
-            records, already = await self._skip_handled(records)
         while records:
+            if self.transport.redelivers:
+                # Checked on every attempt: a redo after a conflict may find that the member this
+                # queue just moved from committed some of these messages meanwhile.
+                records, skipped = await self._skip_handled(records)
+                already += skipped
+                if not records:
+                    break
             owned = [r for r in records if (r.topic, r.partition) in self.ownership.epochs]
             if len(owned) < len(records):
                 records = owned  # partitions revoked meanwhile: their new owner reads them
@@ -270,9 +274,21 @@ class Service:
             try:
                 await self.store.commit(write)
             except FencedError as exc:
+                self.metrics.batch_retries.labels("fenced").inc()
+                self._forget(batch.touched if batch else {})
+                if self.transport.claims_on_delivery:
+                    if not self.transport.still_owner():
+                        # Our channel died: the broker hands these messages to the new active
+                        # consumer. Neither commit nor ack them.
+                        log.warning("fenced after losing the channel; leaving the batch to the new owner")
+                        return
+                    # Still delivering to us on a live channel: the queue moved away and back. Take
+                    # the lease anew and redo; acking the batch unhandled would delete it.
+                    log.warning("lease was taken meanwhile; claiming the queues again", error=str(exc))
+                    await self.ownership.claim(exc.partitions)
+                    continue
                 log.warning("fenced: dropping partitions taken over by another member", error=str(exc))
                 self.ownership.partitions_revoked(exc.partitions, lost=True)
-                self.metrics.batch_retries.labels("fenced").inc()
                 continue
             except ConflictError as exc:
                 self._forget(batch.touched if batch else {})

@@ -50,11 +50,13 @@ class Transport(Protocol):
 
     async def idle(self) -> None: ...
 
+    def still_owner(self) -> bool:
+        """Whether the batch in hand is still this instance's to handle."""
+        ...
+
     async def pause(self) -> None: ...
 
     async def resume(self) -> None: ...
-
-    async def stop_fetching(self) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -104,6 +106,9 @@ class KafkaTransport:
         await self._call(self.source.commit, next_offsets, last_timestamps)
         return True
 
+    def still_owner(self) -> bool:
+        return True  # ownership changes arrive through the rebalance callbacks
+
     async def idle(self) -> None:
         await self._call(self.source.retry_commits)
 
@@ -112,9 +117,6 @@ class KafkaTransport:
 
     async def resume(self) -> None:
         await self._call(self.source.resume)
-
-    async def stop_fetching(self) -> None:
-        """Nothing to do: the loop simply stops polling; close() leaves the group."""
 
     async def close(self) -> None:
         try:
@@ -165,6 +167,9 @@ class RabbitMqTransport:
     async def handled(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> bool:
         return await self.source.acknowledge()
 
+    def still_owner(self) -> bool:
+        return self.source.batch_alive()
+
     async def idle(self) -> None:
         """Acks are not retried: an unacked message comes back and its handled id skips it."""
 
@@ -174,10 +179,10 @@ class RabbitMqTransport:
     async def resume(self) -> None:
         self._paused = False
 
-    async def stop_fetching(self) -> None:
-        await self.source.stop_fetching()
-
     async def close(self) -> None:
+        # Deliberately no basic.cancel before this: cancelling activates the standby at once, while
+        # our prefetched messages return to the queue only when the channel closes, after newer
+        # ones. Closing the connection returns them in order, first.
         await self._dead_letters.close()
         await self.source.close()
 

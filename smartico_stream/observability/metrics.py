@@ -137,7 +137,7 @@ class Metrics:
         )
         self.rabbitmq_acks = Counter(
             "smartico_stream_rabbitmq_acks",
-            "Messages acknowledged, by queue and kind (ok, deduplicated, dead_lettered, redelivered_handled, failed)",
+            "Messages acknowledged, by queue and kind (ok, dead_lettered, redelivered_handled)",
             ["queue", "kind"], registry=r,
         )
         self.rabbitmq_ready = Gauge(
@@ -145,7 +145,9 @@ class Metrics:
             ["queue"], registry=r,
         )
         self.rabbitmq_consumers = Gauge(
-            "smartico_stream_rabbitmq_queue_consumers", "Consumers registered on the queue (read from the broker)",
+            "smartico_stream_rabbitmq_queue_consumers",
+            "Consumers of the queue as the broker reports them; for quorum queues with single-active-consumer "
+            "only the active one is counted (classic queues count the standbys too)",
             ["queue"], registry=r,
         )
         self.rabbitmq_unacked = Gauge(

@@ -28,8 +28,10 @@ class DeadLetterDeliveryError(RuntimeError):
 def dead_letter_headers(letter: DeadLetter, failed_at_ms: int) -> list[tuple[str, bytes]]:
     """The original headers plus the error and source-coordinate headers."""
     record = letter.record
+    key = [(HEADER_PREFIX + "source-key", record.key)] if record.key is not None else []
     return [
         *record.headers,
+        *key,
         (HEADER_PREFIX + "error-class", letter.error_class.encode()),
         (HEADER_PREFIX + "error-message", letter.message.encode()[:4096]),
         (HEADER_PREFIX + "stage", letter.stage.encode()),

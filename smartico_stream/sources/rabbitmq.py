@@ -65,25 +65,14 @@ class RabbitMqSource:
         self._connection.close_callbacks.add(self._on_close)
         self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._settings.prefetch)
-        await self._topology(self._channel)
-        for name in self._queues:
-            queue = await self._channel.get_queue(name, ensure=False)
+        queues = await self._topology(self._channel)
+        for name, queue in queues.items():
+            # Consuming on the queue objects the robust channel declared (and keeps) is what makes
+            # aio-pika restore these consumers after a reconnect.
             self._consumer_tags[name] = await queue.consume(functools.partial(self._on_message, name), no_ack=False)
         self._set_connected(True)
         self._stats_task = asyncio.create_task(self._queue_stats_loop())
         log.info("consuming", queues=len(self._queues), prefetch=self._settings.prefetch)
-
-    async def stop_fetching(self) -> None:
-        """Cancel the consumers: the broker stops delivering; what is buffered can still be handled."""
-        if self._channel is None or self._channel.is_closed:
-            return
-        for name, tag in list(self._consumer_tags.items()):
-            try:
-                queue = await self._channel.get_queue(name, ensure=False)
-                await queue.cancel(tag)
-            except Exception as exc:  # noqa: BLE001 - shutting down: the broker requeues on close anyway
-                log.warning("cancelling a consumer failed", queue=name, error=str(exc))
-        self._consumer_tags.clear()
 
     async def close(self) -> None:
         if self._stats_task is not None:
@@ -126,6 +115,9 @@ class RabbitMqSource:
             except TimeoutError:
                 pass
         batch, self._buffer = self._buffer[: self._settings.batch_size], self._buffer[self._settings.batch_size :]
+        # Messages from a channel that died are back in the queue (redelivered, flagged): handling
+        # them here would be wasted and acking them impossible.
+        batch = [(queue, message) for queue, message in batch if not _channel_closed(message)]
         self._in_hand = batch
         for queue, _ in batch:
             self._metrics.rabbitmq_deliveries.labels(queue).inc()
@@ -147,6 +139,11 @@ class RabbitMqSource:
             redelivered=bool(message.redelivered),
         )
 
+    def batch_alive(self) -> bool:
+        """True while the channel the batch in hand came on is open: only then is this instance
+        still the queue's active consumer for these messages."""
+        return not any(_channel_closed(message) for _, message in self._in_hand)
+
     async def acknowledge(self) -> bool:
         """Ack every message of the batch in hand with one ``multiple=True`` ack (its delivery tags
         are the lowest outstanding on this channel). False when the channel died meanwhile: the
@@ -165,9 +162,11 @@ class RabbitMqSource:
 
     # topology ----------------------------------------------------------------------------------
 
-    async def _topology(self, channel: AbstractChannel) -> None:
+    async def _topology(self, channel: AbstractChannel) -> dict[str, Any]:
+        """Declare (or, with declare=false, check) the topology; the stream queues by name."""
         settings = self._settings
         arguments = {"x-single-active-consumer": True, "x-queue-type": settings.queue_type}
+        queues: dict[str, Any] = {}
         try:
             if settings.declare:
                 # Dead letters: a topic exchange (routing key = source queue) and one queue catching all.
@@ -191,7 +190,8 @@ class RabbitMqSource:
                         queue = await channel.declare_queue(name, durable=True, arguments=arguments)
                         await queue.bind(exchange, routing_key="1")  # equal weights
                     else:
-                        await channel.declare_queue(name, passive=True)
+                        queue = await channel.declare_queue(name, passive=True)
+                    queues[name] = queue
         except (ChannelNotFoundEntity, ChannelPreconditionFailed) as exc:
             raise TopologyError(
                 f"RabbitMQ topology does not match the configuration ({exc}); with rabbitmq.declare=false ask "
@@ -199,6 +199,7 @@ class RabbitMqSource:
                 f"{settings.queues_per_stream} durable {settings.queue_type} queues <exchange>.<n> with "
                 "x-single-active-consumer=true bound with routing key '1' (see docs/rabbitmq.md)"
             ) from None
+        return queues
 
     async def _queue_stats_loop(self) -> None:
         """Queue depth and consumers as the broker sees them (passive declares on a side channel)."""
@@ -226,10 +227,8 @@ class RabbitMqSource:
     # connection events -------------------------------------------------------------------------
 
     def _on_reconnect(self, *_: Any) -> None:
-        # Messages buffered from the dead channel will be redelivered (flagged) by the broker; their
-        # delivery tags are meaningless on the new channel.
-        self._buffer.clear()
-        self._in_hand = []
+        # Not clearing the buffer: by now it may hold messages of the new channel too. Those of the
+        # dead channel are skipped when a batch is taken (see poll_batch).
         self._metrics.rabbitmq_recoveries.inc()
         self._set_connected(True)
         log.info("reconnected to RabbitMQ; consumers restored")
@@ -240,6 +239,11 @@ class RabbitMqSource:
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
         self._metrics.rabbitmq_connected.set(1 if connected else 0)
+
+
+def _channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = getattr(message, "channel", None)
+    return bool(channel is not None and getattr(channel, "is_closed", False))
 
 
 def _header_bytes(value: Any) -> bytes:
