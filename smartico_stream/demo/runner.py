@@ -74,6 +74,10 @@ def demo_settings(bootstrap_servers: str, metrics_port: int, workdir: Path) -> S
                 "bootstrap.servers": bootstrap_servers,
                 "group.id": DEMO_GROUP,
                 "statistics.interval.ms": 1000,
+                # The embedded cluster delays every rebalance by the session timeout minus a second;
+                # librdkafka's 45 s default would stall the demo for that long on a busy machine.
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
             },
             "topics": {stream.value: [topic] for stream, topic in DEMO_TOPICS.items()},
             "poll_timeout_s": 0.2,
