@@ -76,8 +76,10 @@ def demo_settings(bootstrap_servers: str, metrics_port: int, workdir: Path) -> S
                 "statistics.interval.ms": 1000,
                 # The embedded cluster delays every rebalance by the session timeout minus a second;
                 # librdkafka's 45 s default would stall the demo for that long on a busy machine.
-                "session.timeout.ms": 6000,
+                "session.timeout.ms": 10000,
                 "heartbeat.interval.ms": 1000,
+                # A subscribed topic seen missing is otherwise looked for again only every 5 minutes.
+                "topic.metadata.refresh.interval.ms": 1000,
             },
             "topics": {stream.value: [topic] for stream, topic in DEMO_TOPICS.items()},
             "poll_timeout_s": 0.2,
@@ -91,6 +93,18 @@ def demo_settings(bootstrap_servers: str, metrics_port: int, workdir: Path) -> S
         outbox={"poll_interval_s": 0.1},
         environ={},
     )
+
+
+def _create_topics(bootstrap: str, topics: list[str]) -> None:
+    """Make the topics exist before the consumer subscribes. The embedded cluster refuses
+    CreateTopics but creates a topic when a producer asks for its metadata."""
+    producer = Producer({"bootstrap.servers": bootstrap, "allow.auto.create.topics": True})
+    for topic in topics:
+        deadline = time.monotonic() + 10
+        while not producer.list_topics(topic=topic, timeout=5).topics[topic].partitions:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded Kafka did not create topic {topic}")
+            time.sleep(0.05)
 
 
 def _save_dead_letters(bootstrap: str, topic: str, expected: int, path: Path, timeout_s: float = 30.0) -> None:
@@ -294,6 +308,7 @@ async def run_demo(
             feeder = _RabbitFeeder(rabbitmq_url, dict(settings.rabbitmq.exchanges), spec,
                                    lambda: service.stats.consumed, deadline, max_ahead)
         else:
+            _create_topics(kafka.bootstrap_servers, [*DEMO_TOPICS.values(), settings.kafka.dead_letter_topic])
             service = Service(settings)
             feeder = _Feeder(kafka.bootstrap_servers, spec, lambda: service.stats.consumed, deadline, max_ahead)
         stop = asyncio.Event()
