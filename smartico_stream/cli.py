@@ -494,6 +494,10 @@ from smartico_stream.ops.lag import lag_command  # noqa: E402 - registered besid
 
 app.command("lag")(lag_command)
 
+from smartico_stream.bench import bench_command  # noqa: E402
+
+app.command("bench")(bench_command)
+
 
 def main() -> None:
     app()

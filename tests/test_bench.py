@@ -1,0 +1,121 @@
+"""`smartico-stream bench --quick --json` as CI runs it: a subprocess that starts the embedded Kafka,
+runs every scenario once and prints one JSON report. Checked: every key is there, every scenario
+that ran handled every record it was given, the numbers are positive. Nothing here asserts on a
+rate or a latency: the machine running the suite decides those."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.kafka
+
+REPO = Path(__file__).resolve().parent.parent
+SCENARIOS = ("raw", "pipeline", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline")
+OVERALL = ("ratio_pipeline_to_raw", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "dedup_bytes_per_key")
+PIPELINES = ("pipeline", "pipeline_postgres", "rabbitmq_pipeline")
+
+
+def bench_command() -> list[str]:
+    """``smartico-stream bench`` once the command is registered in the CLI, else the module."""
+    from smartico_stream.bench import bench_command as command
+    from smartico_stream.cli import app
+
+    registered = any(
+        info.name == "bench" or info.callback is command for info in app.registered_commands
+    )
+    script = Path(sys.executable).with_name("smartico-stream")
+    if registered:
+        return [str(script), "bench"] if script.exists() else [sys.executable, "-m", "smartico_stream.cli", "bench"]
+    return [sys.executable, "-m", "smartico_stream.bench"]
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    completed = subprocess.run(
+        [*bench_command(), "--quick", "--json"],
+        capture_output=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    stderr = re.sub(r"\x1b\[[0-9;]*m", "", completed.stderr.decode(errors="replace"))
+    stdout = completed.stdout.decode()
+    try:
+        parsed = json.loads(stdout)  # the whole of stdout is the one JSON object
+    except json.JSONDecodeError as exc:
+        pytest.fail(f"exit code {completed.returncode}; stdout is not one JSON object ({exc}): {stdout[:500]!r}\n"
+                    f"stderr ends with:\n{stderr[-3000:]}")
+    assert isinstance(parsed, dict)
+    problems = {name: s.get("error") for name, s in parsed.get("scenarios", {}).items() if "error" in s}
+    assert completed.returncode == 0, (
+        f"exit code {completed.returncode} (complete={parsed.get('complete')}, errors={problems}); "
+        f"stderr ends with:\n{stderr[-3000:]}"
+    )
+    return parsed
+
+
+def test_the_report_has_every_scenario_and_every_overall_figure(report: dict[str, Any]) -> None:
+    assert report["mode"] == "quick"
+    assert set(SCENARIOS) <= set(report["scenarios"]), sorted(report["scenarios"])
+    for key in (*OVERALL, "latency", "dedup", "scaling", "targets", "machine", "settings", "duration_s", "complete"):
+        assert key in report, f"report lacks {key!r}: {sorted(report)}"
+    assert report["complete"] is True
+    assert report["duration_s"] > 0
+    assert report["machine"]["cpus"] >= 1 and report["machine"]["cpu_model"]
+    # The quick run leaves the scaling comparisons out, and says so.
+    for name in ("users", "processes"):
+        assert isinstance(report["scaling"][name].get("skipped"), str)
+    for target in report["targets"].values():
+        assert set(target) == {"measured", "met"}
+
+
+def test_every_scenario_that_ran_handled_every_record(report: dict[str, Any]) -> None:
+    ran = []
+    for name in SCENARIOS:
+        scenario = report["scenarios"][name]
+        assert "error" not in scenario, f"{name}: {scenario['error']}"
+        if "skipped" in scenario:
+            # Only the external brokers may be missing, and the reason is given.
+            assert name not in ("raw", "pipeline"), f"{name} skipped: {scenario['skipped']}"
+            assert isinstance(scenario["skipped"], str) and scenario["skipped"]
+            continue
+        ran.append(name)
+        assert scenario["expected_records"] > 0, name
+        assert scenario["records"] == scenario["expected_records"], name
+        assert scenario["complete"] is True, name
+        assert scenario["events_per_s"] > 0, name
+        assert scenario["measured_s"] > 0, name
+        assert scenario["peak_rss_mb"] > 0, name
+        kinds = scenario["expected"]
+        assert kinds["ok"] + kinds["duplicate"] + kinds["malformed"] == scenario["expected_records"], name
+        assert kinds["duplicate"] > 0 and kinds["malformed"] > 0, name
+        if name in PIPELINES:
+            assert scenario["processed"] + scenario["deduplicated"] + scenario["dead_lettered"] == scenario["records"]
+            assert scenario["processed"] > 0 and scenario["actions"] > 0, name
+            # The relay delivered every action the rules emitted before the clock stopped.
+            assert scenario["actions_delivered"] == scenario["actions"], name
+            assert scenario["outbox_backlog_at_end"] == 0, name
+    assert {"raw", "pipeline"} <= set(ran)
+    # On Kafka the service's verdicts match the generator's ground truth record for record.
+    for name in ("pipeline", "pipeline_postgres"):
+        if name in ran:
+            assert report["scenarios"][name]["outcomes_match"] is True, name
+
+
+def test_the_overall_figures_are_measured(report: dict[str, Any]) -> None:
+    for key in OVERALL:
+        assert isinstance(report[key], int | float) and report[key] > 0, f"{key} = {report[key]!r}"
+    assert report["p99_latency_ms"] >= report["p50_latency_ms"]
+    latency = report["latency"]
+    assert latency["complete"] is True and latency["records"] == latency["expected_records"]
+    assert latency["samples"] > 0
+    dedup = report["dedup"]
+    assert dedup["keys"] > 0 and dedup["tracemalloc"]["bytes_per_key"] > 0
