@@ -63,6 +63,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.error
 import urllib.request
 import uuid
 import zlib
@@ -794,7 +795,6 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
     task = asyncio.create_task(service.run(stop))
     deadline = time.monotonic() + params.get("timeout_s", 900)
     source = getattr(service.transport, "source", None)
-    handled_at = 0.0
     # Consumption paused by outbox backpressure (outbox.max_backlog): the service keeps it in a
     # private flag; read defensively, None when it is not there.
     paused_s: float | None = 0.0 if hasattr(service, "_paused") else None
@@ -817,7 +817,6 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
             if profiler is not None and probe.first_at and not profiler.is_running:
                 profiler.start()
             if shared[DONE] and service.stats.consumed >= shared[PRODUCED]:
-                handled_at = time.time()
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -871,7 +870,6 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         "delivery_tail_s": round(max(0.0, end - probe.last_commit_at), 3),
         "cpu_s": round(cpu, 3),
         "cpu_cores_used": round(cpu / measured, 2) if measured > 0 else None,
-        "handled_at": handled_at,
         "timeline": _timeline(probe.first_at, probe.commit_times),
         "startup_s": round(probe.first_at - entered, 2),
         "shutdown_s": round(stopped - stopping, 2),
@@ -1083,7 +1081,6 @@ class _Env:
     say: Progress
     pg_dsn: str
     rabbitmq_url: str
-    profile_path: Path | None = None
 
     def reset(self) -> None:
         for slot in range(_SLOTS):
@@ -1189,7 +1186,6 @@ async def _scenario_pipeline(env: _Env, name: str, store: str, stream: Path | No
         shutil.rmtree(scratch, ignore_errors=True)
     _completeness(result, production)
     result["store"] = store
-    result.pop("handled_at", None)
     if latency_rate is not None:
         result["latency"].update(
             target_rate_per_s=round(latency_rate, 1),
@@ -1340,7 +1336,6 @@ async def _scenario_rabbit(env: _Env, pipeline: bool) -> dict[str, Any]:
             }
             result = await env.run_worker("pipeline", params, 1500)
             result["store"] = "sqlite"
-            result.pop("handled_at", None)
         else:
             result = await env.run_worker("rabbit_raw", {"url": url, "queues": queues,
                                                          "expected": production["produced"]}, 900)
@@ -1673,8 +1668,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
         say(f"generating the stream: {profile.events:,} records, {profile.users:,} users (StreamSpec)")
         report["settings"]["stream"].update(await asyncio.to_thread(write_stream, stream, profile.users, profile.events))
         cluster = _Cluster(ctx, shared, cores["cluster"])
-        env = _Env(profile, ctx, shared, cluster, cores, workdir, stream, rules, keys_file, say, pg_dsn, rabbitmq_url,
-                   profile_path)
+        env = _Env(profile, ctx, shared, cluster, cores, workdir, stream, rules, keys_file, say, pg_dsn, rabbitmq_url)
         scenarios = report["scenarios"]
         try:
             await cluster.start()

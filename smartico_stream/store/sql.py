@@ -227,20 +227,21 @@ class SqlStore:
     # outbox ------------------------------------------------------------------------------------
 
     async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
-        rows: list[OutboxRow] = []
+        found: list[tuple[int, PartitionId, bytes]] = []
         async with self.connection() as conn:
             for topic, part in partitions:
                 cursor = await conn.fetch(
                     "SELECT last_seq FROM sink_cursors WHERE sink = ? AND topic = ? AND part = ?", sink, topic, part
                 )
                 after = int(cursor[0][0]) if cursor else 0
-                found = await conn.fetch(
+                rows = await conn.fetch(
                     "SELECT seq, body FROM outbox WHERE topic = ? AND part = ? AND seq > ? ORDER BY seq LIMIT ?",
                     topic, part, after, limit,
                 )
-                rows += [OutboxRow(int(seq), (topic, part), Action.from_json(bytes(body))) for seq, body in found]
-        rows.sort(key=lambda r: r.seq)
-        return rows[:limit]
+                found += [(int(seq), (topic, part), body) for seq, body in rows]
+        found.sort(key=lambda row: row[0])
+        # Decode only what is delivered: up to ``limit`` rows were read per partition.
+        return [OutboxRow(seq, tp, Action.from_json(bytes(body))) for seq, tp, body in found[:limit]]
 
     async def mark_delivered(self, sink: str, rows: Sequence[OutboxRow], epochs: dict[PartitionId, int]) -> None:
         last: dict[PartitionId, int] = {}
