@@ -181,6 +181,11 @@ class OutboxSettings(_Section):
     )
     retry_backoff_s: float = Field(default=1.0, gt=0)
     max_backoff_s: float = Field(default=30.0, gt=0)
+    retention_s: float = Field(
+        default=86_400.0, ge=0,
+        description="delivered actions are deleted from the outbox this long after they were committed",
+    )
+    prune_interval_s: float = Field(default=60.0, gt=0, description="how often the relay deletes delivered actions")
 
 
 class PiiSettings(_Section):

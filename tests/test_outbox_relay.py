@@ -179,6 +179,35 @@ def test_a_failing_sink_delays_actions_without_losing_them_and_delivers_all_in_o
     asyncio.run(scenario())
 
 
+def test_the_relay_prunes_what_every_sink_delivered_once_it_is_older_than_the_retention(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        await _commit_actions(store, epochs, range(0, 12))
+        fast, slow = FlakySink("fast"), FlakySink("slow", broken=True)
+        metrics = Metrics()
+        relay = OutboxRelay(store, [fast, slow], lambda: dict(epochs), metrics, poll_interval_s=0.02,
+                            retry_backoff_s=0.01, max_backoff_s=0.02, retention_s=0.0, prune_interval_s=0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await until(lambda: len(fast.received) == 12, "the fast sink to get every action")
+            await asyncio.sleep(0.2)  # several prune rounds: the slow sink still owes every row
+            assert len(await store.all_actions()) == 12
+            slow.broken = False
+            await until(lambda: metrics.outbox_pruned._value.get() == 12, "the delivered rows to be pruned")
+        finally:
+            stop.set()
+            relay.wake()
+            await asyncio.wait_for(task, 10)
+        assert await store.all_actions() == []
+        assert fast.ids() == slow.ids() and len(set(slow.ids())) == 12
+        await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_partial_delivery_is_resent_so_the_receiver_sees_repeats_but_no_gap_and_no_reordering(
     tmp_path: Path,
 ) -> None:

@@ -486,6 +486,52 @@ async def test_pending_actions_and_cursors_are_per_sink_and_partition_in_seq_ord
     ]
 
 
+async def test_pending_actions_are_exact_when_other_members_rows_dominate_the_outbox(store: Any) -> None:
+    # P1 is another member's partition with most of the rows: reading them in seq order would keep
+    # few of ours, so the store reads ours per partition and must still merge them exactly.
+    epochs = await epochs_for(store, P0, P1, P2)
+    for n in range(0, 60, 3):
+        await store.commit(BatchWrite(epochs=epochs, actions=queued(P1, *(action(n * 10 + i) for i in range(9)))
+                                      + queued(P0 if n % 2 else P2, action(n * 10 + 9))))
+    ours = [r for r in await store.pending_actions("a", [P0, P1, P2], 1000) if r.partition != P1]
+    assert len(ours) == 20
+    got: list[OutboxRow] = []
+    while batch := await store.pending_actions("a", [P0, P2], 4):
+        assert len(batch) <= 4
+        got += batch
+        await store.mark_delivered("a", batch, epochs)
+    assert [(r.seq, r.partition, r.action.event_id) for r in got] == [
+        (r.seq, r.partition, r.action.event_id) for r in ours
+    ]
+
+
+async def test_a_partition_without_actions_does_not_hold_back_delivery(store: Any) -> None:
+    epochs = await epochs_for(store, P0, P1, P2)
+    await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, *(action(i) for i in range(5)))))
+    first = await store.pending_actions("a", [P0, P1, P2], 3)
+    await store.mark_delivered("a", first, epochs)
+    await store.commit(BatchWrite(epochs=epochs, actions=queued(P2, action(5))))
+    rest = await store.pending_actions("a", [P0, P1, P2], 100)
+    assert [r.action.event_id for r in first + rest] == [f"ev-{i}" for i in range(6)]
+
+
+async def test_prune_outbox_deletes_only_what_every_sink_delivered_and_is_old_enough(store: Any) -> None:
+    epochs = await epochs_for(store, P0, P1)
+    await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, action(0), action(1)) + queued(P1, action(2))))
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert await store.prune_outbox(["a", "b"], [P0, P1], later) == 0  # nothing delivered yet
+    delivered_a = await store.pending_actions("a", [P0, P1], 100)
+    await store.mark_delivered("a", delivered_a, epochs)
+    assert await store.prune_outbox(["a", "b"], [P0, P1], later) == 0  # b still owes them
+    await store.mark_delivered("b", (await store.pending_actions("b", [P0, P1], 100))[:2], epochs)  # ev-0, ev-1
+    assert await store.prune_outbox(["a", "b"], [P0, P1], datetime.now(UTC) - timedelta(hours=1)) == 0  # too young
+    assert await store.prune_outbox([], [P0, P1], later) == 0  # no sinks: kept for one to come
+    assert await store.prune_outbox(["a", "b"], [P0, P1], later) == 2
+    assert [r.action.event_id for r in await store.pending_actions("b", [P0, P1], 100)] == ["ev-2"]
+    assert await store.outbox_backlog(["a", "b"], [P0, P1]) == 1
+    assert [a.event_id for a in await store.all_actions()] == ["ev-2"]
+
+
 async def test_mark_delivered_of_nothing_and_of_a_replayed_row_is_harmless(store: Any) -> None:
     epochs = await epochs_for(store, P0)
     await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, action(0), action(1))))

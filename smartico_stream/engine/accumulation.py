@@ -173,10 +173,21 @@ def _exact_context(*values: Decimal) -> Context:
     needed = top - bottom + 3
     if needed > _MAX_PRECISION or top > _MAX_PRECISION or bottom < -_MAX_PRECISION:
         raise AccumulationError("amount, remainder and step span too many digits to accumulate exactly")
+    if needed <= _MIN_PRECISION:
+        return _COMMON_CONTEXT  # every everyday amount; building a Context costs more than the arithmetic
+    return _context(max(_MIN_PRECISION, needed))
+
+
+def _context(precision: int) -> Context:
     return Context(
-        prec=max(_MIN_PRECISION, needed),
+        prec=precision,
         rounding=ROUND_HALF_EVEN,  # never applied: Inexact is trapped
         Emax=999_999,
         Emin=-999_999,
         traps=[InvalidOperation, Inexact, Rounded, Overflow],
     )
+
+
+# Shared, but never observed: with Inexact and Rounded trapped an operation either is exact or
+# raises, so the flags it may set carry no information anybody reads.
+_COMMON_CONTEXT = _context(_MIN_PRECISION)

@@ -24,9 +24,10 @@ QUALIFIED = "qualified"
 QUALIFICATION_EXPIRED = "qualification_expired"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HistoryEntry:
-    """One line of a rule's execution history for one user."""
+    """One line of a rule's execution history for one user. Treat it as immutable (not ``frozen``
+    for speed, as :class:`~smartico_stream.engine.actions.Action`)."""
 
     brand: str
     user: str

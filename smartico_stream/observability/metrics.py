@@ -126,6 +126,10 @@ class Metrics:
             "smartico_stream_sink_deliveries", "Actions delivered to sinks, by sink and result", ["sink", "result"],
             registry=r,
         )
+        self.outbox_pruned = Counter(
+            "smartico_stream_outbox_pruned", "Delivered actions deleted from the outbox after outbox.retention_s",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "smartico_stream_outbox_backlog", "Committed actions not yet delivered to every sink (owned partitions)",
             registry=r,

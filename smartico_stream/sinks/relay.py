@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Sequence
 
 from smartico_stream.failpoints import Failpoints
@@ -33,6 +35,8 @@ class OutboxRelay:
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         failpoints: Failpoints | None = None,
+        retention_s: float = 86_400.0,
+        prune_interval_s: float = 60.0,
     ) -> None:
         self._store = store
         self._sinks = list(sinks)
@@ -48,6 +52,9 @@ class OutboxRelay:
         self._failpoints = failpoints or Failpoints({})
         self._deadline: float | None = None
         self._stop: asyncio.Event | None = None
+        self._retention = timedelta(seconds=retention_s)
+        self._prune_interval_s = prune_interval_s
+        self._pruned_at = 0.0
 
     @property
     def sink_names(self) -> list[str]:
@@ -60,6 +67,7 @@ class OutboxRelay:
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         while not stop.is_set():
+            await self._prune_when_due()
             delivered_any = False
             for sink in self._sinks:
                 delivered_any |= await self._deliver_once(sink)
@@ -100,6 +108,24 @@ class OutboxRelay:
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             pass
+
+    async def prune(self) -> int:
+        """Delete what every sink has delivered and is older than the retention; how many rows."""
+        leases = self._leases()
+        if not self._sinks or not leases:
+            return 0
+        deleted = await self._store.prune_outbox(self.sink_names, list(leases), datetime.now(UTC) - self._retention)
+        self._metrics.outbox_pruned.inc(deleted)
+        return deleted
+
+    async def _prune_when_due(self) -> None:
+        now = time.monotonic()
+        if now - self._pruned_at < self._prune_interval_s:
+            return
+        self._pruned_at = now
+        deleted = await self.prune()
+        if deleted:
+            log.debug("delivered actions pruned from the outbox", rows=deleted)
 
     async def backlog(self) -> int:
         leases = self._leases()

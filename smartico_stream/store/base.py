@@ -114,6 +114,10 @@ class Store(Protocol):
     async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
         """Rows not yet delivered to every sink, for these partitions."""
 
+    async def prune_outbox(self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime) -> int:
+        """Delete rows of these partitions that every one of ``sinks`` has delivered and that were
+        committed before ``committed_before``; the number deleted. With no sinks, nothing."""
+
     async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
                       limit: int = 1000) -> list[HistoryEntry]: ...
 

@@ -42,6 +42,10 @@ class _PgConnection:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self._conn.executemany(_numbered(sql), rows)
 
+    async def execute_count(self, sql: str, *args: Any) -> int:
+        status = await self._conn.execute(_numbered(sql), *args)  # e.g. "DELETE 42"
+        return int(status.rsplit(" ", 1)[-1])
+
 
 class PostgresDatabase:
     """A connection pool with transactions; ``schema`` (created if missing) isolates one deployment."""

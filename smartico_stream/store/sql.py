@@ -23,6 +23,10 @@ class Connection(Protocol):
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
 
+    async def execute_count(self, sql: str, *args: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+        ...
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -58,6 +62,7 @@ class SqlStore:
     _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?"
     _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows})"
     _VERSION_CHUNK = 400
+    _PARTITION_CHUNK = 64  # partitions per outbox query (PostgreSQL allows 32767 parameters)
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -227,21 +232,81 @@ class SqlStore:
     # outbox ------------------------------------------------------------------------------------
 
     async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
-        found: list[tuple[int, PartitionId, bytes]] = []
         async with self.connection() as conn:
-            for topic, part in partitions:
-                cursor = await conn.fetch(
-                    "SELECT last_seq FROM sink_cursors WHERE sink = ? AND topic = ? AND part = ?", sink, topic, part
-                )
-                after = int(cursor[0][0]) if cursor else 0
-                rows = await conn.fetch(
-                    "SELECT seq, body FROM outbox WHERE topic = ? AND part = ? AND seq > ? ORDER BY seq LIMIT ?",
-                    topic, part, after, limit,
-                )
-                found += [(int(seq), (topic, part), body) for seq, body in rows]
-        found.sort(key=lambda row: row[0])
-        # Decode only what is delivered: up to ``limit`` rows were read per partition.
-        return [OutboxRow(seq, tp, Action.from_json(bytes(body))) for seq, tp, body in found[:limit]]
+            cursors = await self._cursors(conn, [sink])
+            after = {tp: cursors.get((sink, *tp), 0) for tp in partitions}
+            found = await self._scan_rows(conn, after, limit) if after else []
+            if found is None:
+                found = []
+                for start in range(0, len(partitions), self._PARTITION_CHUNK):
+                    chunk = partitions[start : start + self._PARTITION_CHUNK]
+                    found += await self._next_rows(conn, [(tp, after[tp]) for tp in chunk], limit)
+                if len(partitions) > self._PARTITION_CHUNK:
+                    found.sort(key=lambda row: row[0])
+        return [OutboxRow(seq, tp, Action.from_json(body)) for seq, tp, body in found[:limit]]
+
+    async def _scan_rows(self, conn: Connection, after: dict[PartitionId, int],
+                         limit: int) -> list[tuple[int, PartitionId, bytes]] | None:
+        """The rows from the first pending one on, in seq order, keeping those of ``after``'s
+        partitions past their own cursor: exact, and the cheapest read while this member owns most
+        rows (one index range, no sort). ``None`` when other members' rows make up most of it."""
+        first = None
+        items = list(after.items())
+        for start in range(0, len(items), self._PARTITION_CHUNK):
+            chunk = items[start : start + self._PARTITION_CHUNK]
+            # Each MIN is one index seek; a partition without actions keeps its cursor at 0 and
+            # must not drag the scan back to the start of the table.
+            sql = "SELECT MIN(s) FROM (" + " UNION ALL ".join(
+                "SELECT MIN(seq) AS s FROM outbox WHERE topic = ? AND part = ? AND seq > ?" for _ in chunk
+            ) + ") AS firsts"
+            found = (await conn.fetch(sql, *(arg for (topic, part), seq in chunk for arg in (topic, part, seq))))[0][0]
+            if found is not None:
+                first = int(found) if first is None else min(first, int(found))
+        if first is None:
+            return []
+        rows = await conn.fetch(
+            "SELECT seq, topic, part, body FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?", first, limit
+        )
+        kept = []
+        for seq, topic, part, body in rows:
+            tp = (topic, int(part))
+            cursor = after.get(tp)
+            if cursor is not None and seq > cursor:
+                kept.append((int(seq), tp, bytes(body)))
+        return kept if len(rows) < limit or len(kept) >= limit // 2 else None
+
+    async def _next_rows(self, conn: Connection, cursors: list[tuple[PartitionId, int]],
+                         limit: int) -> list[tuple[int, PartitionId, bytes]]:
+        """The first rows by seq after each partition's cursor, in one round trip.
+
+        Reading ``limit`` rows of every partition to keep ``limit`` overall would read (and sort)
+        ``partitions`` times too much. Each partition gives at most ``share`` rows instead; the
+        merge is exact up to the lowest last seq of a partition that filled its share (beyond it
+        that partition may have rows not read), so the rows up to there are returned: never fewer
+        than ``share``, usually about ``limit``."""
+        share = min(limit, max(16, -(-2 * limit // len(cursors))))
+        sql = " UNION ALL ".join(
+            f"SELECT * FROM (SELECT seq, topic, part, body FROM outbox WHERE topic = ? AND part = ? AND seq > ? "
+            f"ORDER BY seq LIMIT {share}) AS p{index}"
+            for index in range(len(cursors))
+        ) + " ORDER BY seq"
+        rows = await conn.fetch(sql, *(arg for (topic, part), after in cursors for arg in (topic, part, after)))
+        merged = [(int(seq), (topic, int(part)), bytes(body)) for seq, topic, part, body in rows]
+        per_partition: dict[PartitionId, list[int]] = {}
+        for seq, tp, _ in merged:
+            per_partition.setdefault(tp, []).append(seq)
+        filled = [seqs[-1] for seqs in per_partition.values() if len(seqs) >= share]
+        exact_until = min(filled, default=None)
+        exact = merged if exact_until is None else [row for row in merged if row[0] <= exact_until]
+        return exact[:limit]
+
+    async def _cursors(self, conn: Connection, sinks: Sequence[str]) -> dict[tuple[str, str, int], int]:
+        """(sink, topic, part) -> last delivered seq, for every partition these sinks delivered from."""
+        rows = await conn.fetch(
+            f"SELECT sink, topic, part, last_seq FROM sink_cursors WHERE sink IN ({', '.join('?' for _ in sinks)})",
+            *sinks,
+        )
+        return {(sink, topic, int(part)): int(seq) for sink, topic, part, seq in rows}
 
     async def mark_delivered(self, sink: str, rows: Sequence[OutboxRow], epochs: dict[PartitionId, int]) -> None:
         last: dict[PartitionId, int] = {}
@@ -256,21 +321,34 @@ class SqlStore:
             )
 
     async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
+        if not partitions:
+            return 0
         backlog = 0
         async with self.connection() as conn:
-            for topic, part in partitions:
-                cursors = []
-                for sink in sinks:
-                    row = await conn.fetch(
-                        "SELECT last_seq FROM sink_cursors WHERE sink = ? AND topic = ? AND part = ?", sink, topic, part
-                    )
-                    cursors.append(int(row[0][0]) if row else 0)
-                slowest = min(cursors, default=0)
-                count = await conn.fetch(
-                    "SELECT COUNT(*) FROM outbox WHERE topic = ? AND part = ? AND seq > ?", topic, part, slowest
-                )
-                backlog += int(count[0][0])
+            cursors = await self._cursors(conn, sinks) if sinks else {}
+            for start in range(0, len(partitions), self._PARTITION_CHUNK):
+                chunk = partitions[start : start + self._PARTITION_CHUNK]
+                # Counted from the slowest sink's cursor of each partition.
+                slowest = [min((cursors.get((sink, *tp), 0) for sink in sinks), default=0) for tp in chunk]
+                where = " OR ".join("(topic = ? AND part = ? AND seq > ?)" for _ in chunk)
+                args = [arg for tp, after in zip(chunk, slowest, strict=True) for arg in (*tp, after)]
+                backlog += int((await conn.fetch(f"SELECT COUNT(*) FROM outbox WHERE {where}", *args))[0][0])
         return backlog
+
+    async def prune_outbox(self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime) -> int:
+        if not sinks or not partitions:
+            return 0  # without sinks the actions wait for one to be configured
+        deleted = 0
+        async with self.transaction() as conn:
+            cursors = await self._cursors(conn, sinks)
+            for topic, part in sorted(partitions):
+                delivered = min(cursors.get((sink, topic, part), 0) for sink in sinks)
+                if delivered:
+                    deleted += await conn.execute_count(
+                        "DELETE FROM outbox WHERE topic = ? AND part = ? AND seq <= ? AND created_at < ?",
+                        topic, part, delivered, _iso(committed_before),
+                    )
+        return deleted
 
     # inspection --------------------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ class _SqliteConnection:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._db.executemany(sql, rows)
 
+    async def execute_count(self, sql: str, *args: Any) -> int:
+        return self._db.execute(sql, args).rowcount
+
 
 class SqliteDatabase:
     """A database file with transactions. Calls run on the event loop's thread: local SQLite calls
