@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -256,8 +256,11 @@ class Service:
                 records = owned  # partitions revoked meanwhile: their new owner reads them
                 continue
             adapted = self.pipeline.adapt(records, poisoned)
-            result = self.pipeline.protect_and_dedup(adapted, await self._region_lookup(adapted.users_needing_region()))
-            batch = await self._apply(result)
+            known = await self._states(adapted.users_needing_region())
+            result = self.pipeline.protect_and_dedup(
+                adapted, lambda key: state.country if (state := known.get(key)) is not None else None
+            )
+            batch = await self._apply(result, known)
             if result.engine_failures:
                 poisoned.update(result.engine_failures)
                 self._forget(batch.touched if batch else {})
@@ -329,24 +332,21 @@ class Service:
         skipped = [r for r in records if ((r.topic, r.partition), r.message_id) in done]
         return fresh, skipped
 
-    async def _region_lookup(self, users: list[UserKey]) -> Callable[[UserKey], str | None]:
-        """The stored country of these users (cached, else loaded), for the PII guard."""
-        missing = [key for key in users if key not in self._cache]
-        loaded = await self.store.load_users(missing) if missing else {}
-        known = {key: (self._cache.get(key) or loaded.get(key)) for key in users}
-        return lambda key: state.country if (state := known.get(key)) is not None else None
+    async def _states(self, users: Sequence[UserKey], known: Mapping[UserKey, UserState] = {}) -> dict[UserKey, UserState]:
+        """The committed states of these users that exist: from ``known``, the cache, else the store."""
+        found = {key: state for key in users if (state := known.get(key) or self._cache.get(key)) is not None}
+        missing = [key for key in users if key not in found]
+        if missing:
+            found.update(await self.store.load_users(missing))
+        return found
 
-    async def _apply(self, result: BatchResult) -> BatchEngine | None:
+    async def _apply(self, result: BatchResult, known: Mapping[UserKey, UserState]) -> BatchEngine | None:
         if self._custom_engine is not None:
             self.pipeline.apply(result, self._custom_engine)
             return None
         users = result.users()
-        missing = [key for key in users if key not in self._cache]
-        loaded = await self.store.load_users(missing) if missing else {}
-        states = {}
-        for key in users:
-            state = self._cache.get(key) or loaded.get(key) or UserState(brand=key[0], user=key[1])
-            states[key] = state
+        found = await self._states(users, known)
+        states = {key: found.get(key) or UserState(brand=key[0], user=key[1]) for key in users}
         batch = BatchEngine(self.rule_engine, states)
         self.pipeline.apply(result, batch)
         return batch
