@@ -783,7 +783,7 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
 
     configure_logging("ERROR", "console")
     settings = load_settings(environ={}, **_service_settings(params))
-    store = open_store_from_url(settings.store.url, settings.store.db_schema)
+    store = open_store_from_url(settings.store.url, settings.store.db_schema, settings.store.sqlite_synchronous)
     service = Service(settings, store=store)
     probe = _Probe(service, shared, params.get("latency", False))
     profiler = None
@@ -795,9 +795,7 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
     task = asyncio.create_task(service.run(stop))
     deadline = time.monotonic() + params.get("timeout_s", 900)
     source = getattr(service.transport, "source", None)
-    # Consumption paused by outbox backpressure (outbox.max_backlog): the service keeps it in a
-    # private flag; read defensively, None when it is not there.
-    paused_s: float | None = 0.0 if hasattr(service, "_paused") else None
+    paused_s = 0.0  # consumption paused by outbox backpressure (outbox.max_backlog)
     pauses = 0
     was_paused = False
     tick = time.monotonic()
@@ -805,12 +803,10 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         while not task.done():
             await asyncio.sleep(0.005)
             now_tick = time.monotonic()
-            if paused_s is not None:
-                paused = bool(getattr(service, "_paused", False))
-                if paused:
-                    paused_s += now_tick - tick
-                    pauses += 0 if was_paused else 1
-                was_paused = paused
+            if service.paused:
+                paused_s += now_tick - tick
+                pauses += 0 if was_paused else 1
+            was_paused = service.paused
             tick = now_tick
             if not shared[READY] and _ready(service.transport, source):
                 shared[READY] = 1
@@ -859,7 +855,7 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         "actions_delivered": _count_lines(Path(params["sink_path"])),
         "actions_per_record": round(stats.actions / records, 2) if records else None,
         "actions_delivered_per_s": round(stats.actions / measured, 1) if measured > 0 else None,
-        "consumption_paused_s": None if paused_s is None else round(paused_s, 2),
+        "consumption_paused_s": round(paused_s, 2),
         "consumption_pauses": pauses,
         "outbox_backlog_at_end": backlog,
         "batches": stats.batches,

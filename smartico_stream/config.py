@@ -166,6 +166,11 @@ class StoreSettings(_Section):
         description="sqlite:///PATH (embedded, one instance) or postgresql://... (several instances)",
     )
     db_schema: str | None = Field(default=None, description="PostgreSQL schema (created if missing); default: search_path")
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(
+        default="FULL",
+        description="SQLite fsync policy (WAL): FULL syncs every commit; NORMAL survives a process crash but a "
+        "power loss may undo the last commits, which are then redone from the stored offsets",
+    )
 
 
 class EngineSettings(_Section):

@@ -152,7 +152,9 @@ class Service:
         self.metrics = metrics or Metrics()
         self.health = Health(heartbeat_timeout_s=settings.metrics.heartbeat_timeout_s)
         self.stats = ServiceStats()
-        self.store = store or open_store_from_url(settings.store.url, settings.store.db_schema)
+        self.store = store or open_store_from_url(
+            settings.store.url, settings.store.db_schema, settings.store.sqlite_synchronous
+        )
         self._custom_engine = engine
         if rules is None:
             rules = load_rules(settings.engine.rules) if settings.engine.rules else RuleSet.of(())
@@ -186,6 +188,11 @@ class Service:
         self._log_limiter = RateLimiter()
         self._paused = False
         self._backlog_checked_at = 0.0
+
+    @property
+    def paused(self) -> bool:
+        """Consumption is paused by outbox backpressure (``outbox.max_backlog``)."""
+        return self._paused
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish the batch in hand, commit and leave the group."""

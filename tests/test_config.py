@@ -61,6 +61,7 @@ def test_a_single_topic_may_be_written_as_a_string() -> None:
         ({"dedup": {"window_seconds": 0}}, "dedup.window_seconds: Input should be greater than 0"),
         ({"dedup": {"windw_seconds": 5}}, "dedup.windw_seconds: Extra inputs are not permitted"),
         ({"kafka": {"topics": {"bets": "t"}}}, "kafka.topics.bets.[key]"),
+        ({"store": {"sqlite_synchronous": "OFF"}}, "store.sqlite_synchronous: Input should be 'FULL', 'NORMAL' or 'EXTRA'"),
     ],
 )
 def test_invalid_settings_name_the_setting(overrides: dict, expected: str) -> None:

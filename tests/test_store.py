@@ -689,3 +689,16 @@ async def test_postgres_members_creating_the_same_new_user_concurrently_lose_no_
         f"stored versions: {stored} (one member's state change is lost)"
     )
 
+
+@pytest.mark.parametrize(("mode", "pragma"), [("FULL", 2), ("NORMAL", 1), ("EXTRA", 3)])
+async def test_the_sqlite_sync_mode_comes_from_the_settings(tmp_path: Path, mode: str, pragma: int) -> None:
+    from smartico_stream.config import load_settings
+    from smartico_stream.store import open_store_from_url
+
+    settings = load_settings(environ={}, store={"url": f"sqlite:///{tmp_path}/s.db", "sqlite_synchronous": mode})
+    store = open_store_from_url(settings.store.url, None, settings.store.sqlite_synchronous)
+    await store.open()
+    try:
+        assert await rows(store, "PRAGMA synchronous") == [(pragma,)]
+    finally:
+        await store.close()

@@ -6,27 +6,28 @@ from smartico_stream.store.base import BatchWrite, FencedError, Lease, OutboxRow
 from smartico_stream.store.sql import Database
 
 
-def open_database(url: str, schema: str | None = None) -> Database:
-    """``sqlite:///path/to/file.db`` (or a bare path) or ``postgresql://...`` (optionally in ``schema``)."""
+def open_database(url: str, schema: str | None = None, sqlite_synchronous: str = "FULL") -> Database:
+    """``sqlite:///path/to/file.db`` (or a bare path) or ``postgresql://...`` (optionally in ``schema``).
+    ``sqlite_synchronous`` is SQLite's ``PRAGMA synchronous`` (PostgreSQL's is the server's choice)."""
     if url.startswith(("postgresql://", "postgres://")):
         from smartico_stream.store.postgres import PostgresDatabase
 
         return PostgresDatabase(url, schema=schema)
     from smartico_stream.store.sqlite import SqliteDatabase
 
-    return SqliteDatabase(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
+    return SqliteDatabase(url.removeprefix("sqlite:///").removeprefix("sqlite://"), sqlite_synchronous)
 
 
-def open_store_from_url(url: str, schema: str | None = None) -> Store:
+def open_store_from_url(url: str, schema: str | None = None, sqlite_synchronous: str = "FULL") -> Store:
     """The state store at ``url`` (see :func:`open_database`)."""
-    db = open_database(url, schema)
+    db = open_database(url, schema, sqlite_synchronous)
     if db.dialect == "postgres":
         from smartico_stream.store.postgres import PostgresStore
 
         return PostgresStore(url, schema=schema)
     from smartico_stream.store.sqlite import SqliteStore
 
-    return SqliteStore(db.path)  # type: ignore[attr-defined]
+    return SqliteStore(db.path, sqlite_synchronous)  # type: ignore[attr-defined]
 
 
 __all__ = [
