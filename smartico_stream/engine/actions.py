@@ -7,7 +7,7 @@ deduplicate (delivery to sinks is at-least-once; the id makes it effectively onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -96,10 +96,13 @@ class Action:
         """The action :meth:`to_json` encoded; it keeps ``raw`` (as bytes) to send on unchanged."""
         encoded = raw.encode() if isinstance(raw, str) else bytes(raw)
         data = orjson.loads(encoded)
-        # A dict lookup instead of the enum call in __post_init__: the relay decodes every row.
-        data["action"] = _KINDS[data["action"]]
-        data["event_time"] = datetime.fromisoformat(data["event_time"])
-        return cls(**{name: data[name] for name in _FIELDS}, encoded=encoded)
+        # Positional, with a dict lookup instead of the enum call in __post_init__: the relay
+        # decodes every outbox row it delivers, and this halves the cost.
+        return cls(
+            data["action_id"], data["rule_id"], _KINDS[data["action"]], data["params"], data["brand"], data["user"],
+            data["event_id"], data["event_type"], datetime.fromisoformat(data["event_time"]), data["execution"],
+            encoded,
+        )
 
 
 def _decimal_text(value: Any) -> str:
@@ -118,5 +121,4 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-_FIELDS = tuple(f.name for f in fields(Action) if f.name != "encoded")
 _KINDS = {kind.value: kind for kind in ActionKind}
