@@ -486,9 +486,14 @@ async def test_pending_actions_and_cursors_are_per_sink_and_partition_in_seq_ord
     ]
 
 
-async def test_pending_actions_are_exact_when_other_members_rows_dominate_the_outbox(store: Any) -> None:
+@pytest.mark.parametrize("partitions_per_query", [64, 1])
+async def test_pending_actions_are_exact_when_other_members_rows_dominate_the_outbox(
+    store: Any, partitions_per_query: int
+) -> None:
     # P1 is another member's partition with most of the rows: reading them in seq order would keep
-    # few of ours, so the store reads ours per partition and must still merge them exactly.
+    # few of ours, so the store reads ours per partition and must still merge them exactly (also
+    # when the partitions take several queries, as more than 64 do).
+    store._PARTITION_CHUNK = partitions_per_query
     epochs = await epochs_for(store, P0, P1, P2)
     for n in range(0, 60, 3):
         await store.commit(BatchWrite(epochs=epochs, actions=queued(P1, *(action(n * 10 + i) for i in range(9)))

@@ -149,29 +149,11 @@ class DedupWindow:
 
     def check_and_add(self, digest: int) -> bool:
         """True when ``digest`` is a repeat inside the window; otherwise remember it and return False."""
-        # contains() + add(digest, now), with one clock reading and one probe.
-        now = self._clock()
-        if self._size and not now - self._times[self._head] <= self._window_s:
-            self._drop(now, self._size)
-        index = self._index
-        bucket = digest % self._homes
-        key = index[bucket]
-        while key:
-            if key == digest:
-                return True
-            bucket += 1
-            key = index[bucket]
-        size = self._size
-        if size < self._room and digest and bucket < self._last:
-            slot = self._head + size
-            if slot >= self._capacity:
-                slot -= self._capacity
-            self._keys[slot] = digest
-            self._times[slot] = now
-            index[bucket] = digest
-            self._size = size + 1
-            return False
-        return self._insert(digest, now)
+        # Not on the service's path (it adds keys only once their batch is committed), so composed.
+        if self.contains(digest):
+            return True
+        self.add(digest, self._clock())
+        return False
 
     def entries(self) -> list[tuple[int, float]]:
         """(digest, first seen) pairs still inside the window, oldest first."""

@@ -237,12 +237,15 @@ class SqlStore:
             after = {tp: cursors.get((sink, *tp), 0) for tp in partitions}
             found = await self._scan_rows(conn, after, limit) if after else []
             if found is None:
-                found = []
+                found, exact_until = [], None
                 for start in range(0, len(partitions), self._PARTITION_CHUNK):
                     chunk = partitions[start : start + self._PARTITION_CHUNK]
-                    found += await self._next_rows(conn, [(tp, after[tp]) for tp in chunk], limit)
-                if len(partitions) > self._PARTITION_CHUNK:
-                    found.sort(key=lambda row: row[0])
+                    rows, until = await self._next_rows(conn, [(tp, after[tp]) for tp in chunk], limit)
+                    found += rows
+                    if until is not None:
+                        exact_until = until if exact_until is None else min(exact_until, until)
+                # Across chunks too, only the merge up to the lowest bound is in seq order.
+                found = sorted(row for row in found if exact_until is None or row[0] <= exact_until)
         return [OutboxRow(seq, tp, Action.from_json(body)) for seq, tp, body in found[:limit]]
 
     async def _scan_rows(self, conn: Connection, after: dict[PartitionId, int],
@@ -273,11 +276,13 @@ class SqlStore:
             cursor = after.get(tp)
             if cursor is not None and seq > cursor:
                 kept.append((int(seq), tp, bytes(body)))
+        # ``kept`` always holds the first pending row, so a scan of others' rows still progresses.
         return kept if len(rows) < limit or len(kept) >= limit // 2 else None
 
     async def _next_rows(self, conn: Connection, cursors: list[tuple[PartitionId, int]],
-                         limit: int) -> list[tuple[int, PartitionId, bytes]]:
-        """The first rows by seq after each partition's cursor, in one round trip.
+                         limit: int) -> tuple[list[tuple[int, PartitionId, bytes]], int | None]:
+        """The first rows by seq after each partition's cursor, in one round trip, and the seq up to
+        which they are complete (``None``: all of them are).
 
         Reading ``limit`` rows of every partition to keep ``limit`` overall would read (and sort)
         ``partitions`` times too much. Each partition gives at most ``share`` rows instead; the
@@ -298,7 +303,10 @@ class SqlStore:
         filled = [seqs[-1] for seqs in per_partition.values() if len(seqs) >= share]
         exact_until = min(filled, default=None)
         exact = merged if exact_until is None else [row for row in merged if row[0] <= exact_until]
-        return exact[:limit]
+        if len(exact) > limit:
+            exact = exact[:limit]
+            exact_until = exact[-1][0]
+        return exact, exact_until
 
     async def _cursors(self, conn: Connection, sinks: Sequence[str]) -> dict[tuple[str, str, int], int]:
         """(sink, topic, part) -> last delivered seq, for every partition these sinks delivered from."""
