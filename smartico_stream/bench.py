@@ -98,7 +98,6 @@ KINDS = ("ok", "duplicate", "malformed")
 #   default, ~8 ms with 10 ms); a real broker answers as soon as fetch.min.bytes (1) is there.
 #   10 ms restores the real broker's behaviour; with a backlog, fetches never wait either way.
 MOCK_CLUSTER_CONSUMER = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250, "fetch.wait.max.ms": 10}
-LOW_POLL_TIMEOUT_S = 0.05  # the latency variant of the full run
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -1689,13 +1688,6 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
                 report["p50_latency_ms"] = report["latency"].get("p50_ms")
                 report["p99_latency_ms"] = report["latency"].get("p99_ms")
                 say(f"  p50 {report['p50_latency_ms']} ms  p99 {report['p99_latency_ms']} ms")
-                if not quick and "samples" in report["latency"]:
-                    # The same load with a shorter wait for a batch to fill: what kafka.poll_timeout_s trades.
-                    say(f"latency with kafka.poll_timeout_s={LOW_POLL_TIMEOUT_S}")
-                    variant = await _guard(_scenario_pipeline(env, "latency_short_poll", "sqlite", latency_rate=rate / 2,
-                                                              overrides={"kafka": {"poll_timeout_s": LOW_POLL_TIMEOUT_S}}))
-                    report["latency"]["variants"] = {f"kafka.poll_timeout_s={LOW_POLL_TIMEOUT_S}": _latency_report(variant)}
-                    say(f"  p50 {variant.get('latency', {}).get('p50_ms')} ms  p99 {variant.get('latency', {}).get('p99_ms')} ms")
             else:
                 report["latency"] = {"skipped": "the pipeline scenario measured no rate"}
             problem = await rabbitmq_problem(rabbitmq_url)
@@ -1813,7 +1805,6 @@ def _overall(report: dict[str, Any], profile: Profile) -> None:
                 ran.append(group[key])
     if isinstance(report["latency"], dict) and "skipped" not in report["latency"]:
         ran.append(report["latency"])
-        ran.extend(report["latency"].get("variants", {}).values())
     report["complete"] = bool(ran) and all(s.get("complete") for s in ran) and "error" not in report["dedup"]
     users = scaling["users"] if isinstance(scaling["users"], dict) else {}
     processes = scaling["processes"] if isinstance(scaling["processes"], dict) else {}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -75,19 +76,19 @@ class Action:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document as Python values (Decimals as strings)."""
-        return self._fields(_jsonable(self.params))
+        return {**self._fields(_jsonable(self.params)), "action": self.action.value}
 
     def _fields(self, params: Any) -> dict[str, Any]:
         return {
             "action_id": self.action_id,
             "rule_id": self.rule_id,
-            "action": self.action.value,
+            "action": self.action,  # orjson writes an enum as its value
             "params": params,
             "brand": self.brand,
             "user": self.user,
             "event_id": self.event_id,
             "event_type": self.event_type,
-            "event_time": self.event_time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "event_time": _time_text(self.event_time),
             "execution": self.execution,
         }
 
@@ -103,6 +104,18 @@ class Action:
             data["event_id"], data["event_type"], datetime.fromisoformat(data["event_time"]), data["execution"],
             encoded,
         )
+
+
+def _time_text(moment: datetime) -> str:
+    # The offset is part of the key: equal instants in other zones are equal datetimes.
+    return _time_text_of(moment, moment.utcoffset())
+
+
+@lru_cache(maxsize=1024)
+def _time_text_of(moment: datetime, _offset: object) -> str:
+    # Memoised: the executions of one event (up to 1000) share its time, and formatting it is
+    # the largest single cost of encoding an action.
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _decimal_text(value: Any) -> str:

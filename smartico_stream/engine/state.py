@@ -131,7 +131,8 @@ class UserState:
         # The version lives in its own store column, not in the document.
         data = {name: getattr(self, name) for name in _DOCUMENT_FIELDS}
         data["tags"] = sorted(self.tags)
-        data["rules"] = {rid: {name: getattr(p, name) for name in _PROGRESS_FIELDS} for rid, p in sorted(self.rules.items())}
+        # orjson writes each RuleProgress dataclass itself, fields in definition order.
+        data["rules"] = dict(sorted(self.rules.items()))
         return orjson.dumps(data, default=_encode, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
@@ -162,7 +163,6 @@ class UserState:
 # Computed once: dataclasses.fields() is slow enough to show in profiles when called per user.
 _DOCUMENT_FIELDS = tuple(f.name for f in fields(UserState) if f.name != "version")  # version: own column
 _KNOWN_FIELDS = frozenset(f.name for f in fields(UserState))
-_PROGRESS_FIELDS = tuple(f.name for f in fields(RuleProgress))
 _DATETIME_FIELDS = tuple(
     f.name for f in fields(UserState) if "datetime" in str(f.type)
 )

@@ -19,7 +19,7 @@ import orjson
 
 from smartico_stream.adapters.base import Adapter, RecordContext
 from smartico_stream.engine.base import Engine, UserKey
-from smartico_stream.events.models import CanonicalEvent, SourceCoordinates
+from smartico_stream.events.models import CanonicalEvent, SourceCoordinates, UserProfile
 from smartico_stream.events.raw import RawRecord, Stream
 from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
 from smartico_stream.pii.guard import PiiGuard
@@ -102,7 +102,7 @@ class Adapted:
                 event.user_key
                 for _, events in self.items
                 for event in events
-                if getattr(event, "phone", None) and not getattr(event, "country", None)
+                if isinstance(event, UserProfile) and event.phone and not event.country
             )
         )
 
@@ -163,9 +163,9 @@ class Pipeline:
             if self._guard is not None:
                 try:
                     for event in events:
-                        country = getattr(event, "country", None)
-                        if country:
-                            countries[event.user_key] = country
+                        # Only profiles carry a country (and a getattr miss on a pydantic model is slow).
+                        if isinstance(event, UserProfile) and event.country:
+                            countries[event.user_key] = event.country
                         region = countries.get(event.user_key) or (region_of(event.user_key) if region_of else None)
                         protected[id(event)] = self._guard.protect(event, default_region=region)
                 except Exception as exc:  # noqa: BLE001 - a guard failure must not let plaintext through

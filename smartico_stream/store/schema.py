@@ -99,6 +99,17 @@ STATE_MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # Expired dedup keys and handled message ids are deleted per partition with every batch:
+        # an age index over all partitions made that a scan of the partition's whole window.
+        """
+        DROP INDEX dedup_age;
+        CREATE INDEX dedup_partition_age ON dedup_keys (topic, part, first_seen);
+        DROP INDEX handled_age;
+        CREATE INDEX handled_partition_age ON handled_messages (topic, part, handled_at);
+        """,
+    ),
 ]
 
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]

@@ -60,7 +60,7 @@ class SqlStore:
     """The state store over a :class:`Database` (the Store protocol of store/base.py)."""
 
     _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?"
-    _version_query = "SELECT brand, user_id, version FROM users WHERE (brand, user_id) IN (VALUES {rows})"
+    _version_query = "SELECT user_id, version FROM users WHERE brand = ? AND user_id IN ({users})"
     _VERSION_CHUNK = 400
     _PARTITION_CHUNK = 64  # partitions per outbox query (PostgreSQL allows 32767 parameters)
 
@@ -126,11 +126,17 @@ class SqlStore:
         keys = sorted(expected)
         await self._lock_users(conn, keys)
         stored: dict[UserKey, int] = {}
-        for start in range(0, len(keys), self._VERSION_CHUNK):
-            chunk = keys[start : start + self._VERSION_CHUNK]
-            sql = self._version_query.format(rows=", ".join("(?, ?)" for _ in chunk))
-            for brand, user, version in await conn.fetch(sql, *(part for key in chunk for part in key)):
-                stored[(brand, user)] = int(version)
+        by_brand: dict[str, list[str]] = {}
+        for brand, user in keys:
+            by_brand.setdefault(brand, []).append(user)
+        # brand = ? AND user_id IN (...): primary-key lookups on both databases (SQLite scans the
+        # table for a row-value IN over VALUES).
+        for brand, users in by_brand.items():
+            for start in range(0, len(users), self._VERSION_CHUNK):
+                chunk = users[start : start + self._VERSION_CHUNK]
+                sql = self._version_query.format(users=", ".join("?" for _ in chunk))
+                for user, version in await conn.fetch(sql, brand, *chunk):
+                    stored[(brand, user)] = int(version)
         stale = [key for key, version in expected.items() if stored.get(key, 0) != version]
         if stale:
             raise ConflictError(stale)
