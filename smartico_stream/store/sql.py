@@ -40,6 +40,14 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _by_brand(keys: Sequence[UserKey]) -> dict[str, list[str]]:
+    """User ids grouped by brand, in the order given (without repeats)."""
+    grouped: dict[str, list[str]] = {}
+    for brand, user in dict.fromkeys(keys):
+        grouped.setdefault(brand, []).append(user)
+    return grouped
+
+
 class Database(Protocol):
     """What the store logic needs from a database: SQLiteDatabase or PostgresDatabase."""
 
@@ -126,12 +134,9 @@ class SqlStore:
         keys = sorted(expected)
         await self._lock_users(conn, keys)
         stored: dict[UserKey, int] = {}
-        by_brand: dict[str, list[str]] = {}
-        for brand, user in keys:
-            by_brand.setdefault(brand, []).append(user)
         # brand = ? AND user_id IN (...): primary-key lookups on both databases (SQLite scans the
         # table for a row-value IN over VALUES).
-        for brand, users in by_brand.items():
+        for brand, users in _by_brand(keys).items():
             for start in range(0, len(users), self._VERSION_CHUNK):
                 chunk = users[start : start + self._VERSION_CHUNK]
                 sql = self._version_query.format(users=", ".join("?" for _ in chunk))
@@ -213,12 +218,20 @@ class SqlStore:
     async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
         found: dict[UserKey, UserState] = {}
         async with self.connection() as conn:
-            for brand, user in keys:
-                rows = await conn.fetch("SELECT state, version FROM users WHERE brand = ? AND user_id = ?", brand, user)
-                if rows:
-                    state = UserState.from_json(bytes(rows[0][0]))
-                    state.version = int(rows[0][1])
-                    found[(brand, user)] = state
+            # One round trip per brand and chunk, not per user: a batch misses the cache for
+            # hundreds of users at a time, and on PostgreSQL each query is a network round trip.
+            for brand, users in _by_brand(keys).items():
+                for start in range(0, len(users), self._VERSION_CHUNK):
+                    chunk = users[start : start + self._VERSION_CHUNK]
+                    rows = await conn.fetch(
+                        f"SELECT user_id, state, version FROM users WHERE brand = ? AND user_id IN "
+                        f"({', '.join('?' for _ in chunk)})",
+                        brand, *chunk,
+                    )
+                    for user, document, version in rows:
+                        state = UserState.from_json(bytes(document))
+                        state.version = int(version)
+                        found[(brand, user)] = state
         return found
 
     async def handled(self, partition: PartitionId, message_keys: Sequence[str]) -> set[str]:
