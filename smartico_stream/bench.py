@@ -67,7 +67,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -81,6 +81,7 @@ from smartico_stream.events.raw import Stream
 Progress = Callable[[str], None]
 
 SCENARIOS = ("raw", "pipeline", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline")
+PARTS = (*SCENARIOS, "latency", "dedup", "scaling")  # what --only can name
 OVERALL_KEYS = ("ratio_pipeline_to_raw", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "dedup_bytes_per_key")
 
 # The embedded cluster keeps ~4-5 MB per partition (measured: 10.5k records of 400 bytes), so the
@@ -759,8 +760,6 @@ def _service_settings(params: dict[str, Any]) -> dict[str, Any]:
         "logging": {"level": "ERROR", "format": "console"},
         "instance_id": params.get("instance_id", f"{prefix}-member"),
     }
-    for section, values in (params.get("overrides") or {}).items():
-        settings[section] = {**settings.get(section, {}), **values}
     if params.get("rabbitmq_url"):
         settings["source"] = "rabbitmq"
         settings["rabbitmq"] = {
@@ -768,7 +767,7 @@ def _service_settings(params: dict[str, Any]) -> dict[str, Any]:
             "exchanges": {stream.value: f"{prefix}.{topic}" for stream, topic in TOPICS.items()},
             "dead_letter_exchange": f"{prefix}.dead-letters",
         }
-    return settings
+    return _merged(settings, params.get("overrides") or {})
 
 
 async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
@@ -841,6 +840,7 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         Path(params["profile"]).with_suffix(".html").write_text(profiler.output_html())
     stats = service.stats
     records = stats.consumed
+    applied = _applied(settings, params.get("overrides") or {})
     end = max(delivered_at, probe.last_commit_at)
     measured = end - probe.first_at
     to_commit = probe.last_commit_at - probe.first_at
@@ -869,6 +869,8 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         "startup_s": round(probe.first_at - entered, 2),
         "shutdown_s": round(stopped - stopping, 2),
     }
+    if applied:
+        result["settings_applied"] = applied
     if probe.latency:
         start_ms = (shared[PACE_START] + params.get("warmup_s", 0.0)) * 1000.0
         kept = sorted(lat for ts, lat in probe.samples if ts >= start_ms)
@@ -889,6 +891,30 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
             "batch_fetch_to_commit_ms_max": round(max(ms for _, ms in probe.batches), 2) if probe.batches else None,
         }
     return result
+
+
+def _flat(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{section: {key: value}}`` (``kafka.config`` one level deeper) as ``{"section.key": value}``."""
+    flat: dict[str, Any] = {}
+    for section, values in overrides.items():
+        for key, value in values.items():
+            if key == "config" and isinstance(value, dict):
+                flat.update({f"{section}.config.{name}": item for name, item in value.items()})
+            else:
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _applied(settings: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The service's effective value of every overridden setting, read back from its Settings."""
+    applied: dict[str, Any] = {}
+    for path in _flat(overrides):
+        section, key = path.split(".", 1)
+        if key.startswith("config."):
+            applied[path] = getattr(settings, section).config.get(key.removeprefix("config."))
+        else:
+            applied[path] = getattr(getattr(settings, section), key)
+    return applied
 
 
 def _timeline(first_at: float, commits: list[tuple[float, int]], slices: int = 10) -> list[dict[str, float]]:
@@ -1076,6 +1102,7 @@ class _Env:
     say: Progress
     pg_dsn: str
     rabbitmq_url: str
+    overrides: dict[str, dict[str, Any]]  # bench --set: service settings for every scenario
 
     def reset(self) -> None:
         for slot in range(_SLOTS):
@@ -1097,6 +1124,34 @@ class _Env:
             raise BenchError(f"{kind}: {answer.get('error')}\n{answer.get('traceback', '')}")
         result: dict[str, Any] = answer["result"]
         return result
+
+
+def _merged(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """Settings ``more`` over ``base``: section by section, and key by key in ``kafka.config``."""
+    merged = dict(base)
+    for section, values in more.items():
+        current = merged.get(section)
+        if not isinstance(current, dict) or not isinstance(values, dict):
+            merged[section] = values
+            continue
+        merged[section] = {**current, **values}
+        if isinstance(current.get("config"), dict) and isinstance(values.get("config"), dict):
+            merged[section]["config"] = {**current["config"], **values["config"]}
+    return merged
+
+
+def parse_setting(text: str) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` (``--set``) as ``{section: {key: value}}``; the value is read as YAML
+    (``500``, ``true``, ``NORMAL``). ``kafka.config.<librdkafka property>=value`` sets a
+    librdkafka property."""
+    path, sep, raw = text.partition("=")
+    section, dot, key = path.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise ValueError(f"{text!r}: expected section.key=value, e.g. store.sqlite_synchronous=NORMAL")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if section == "kafka" and key.startswith("config."):
+        return {"kafka": {"config": {key.removeprefix("config."): value}}}
+    return {section: {key: value}}
 
 
 def _scenario_topics(prefix: str) -> list[str]:
@@ -1167,8 +1222,7 @@ async def _scenario_pipeline(env: _Env, name: str, store: str, stream: Path | No
         production_args.update(mode="lead", seconds=env.profile.pipeline_seconds)
     if profile_path is not None:
         params["profile"] = str(profile_path)
-    if overrides:
-        params["overrides"] = overrides
+    params["overrides"] = _merged(env.overrides, overrides or {})
     env.cluster.start_call("produce", production_args)
     try:
         try:
@@ -1327,7 +1381,7 @@ async def _scenario_rabbit(env: _Env, pipeline: bool) -> dict[str, Any]:
             params = {
                 "prefix": prefix, "rabbitmq_url": url, "rules": str(env.rules), "keys_file": str(env.keys_file),
                 "sink_path": str(scratch / "actions.jsonl"), "store_url": f"sqlite:///{scratch / 'state.db'}",
-                "pii_store_url": f"sqlite:///{scratch / 'pii.db'}", "timeout_s": 1200,
+                "pii_store_url": f"sqlite:///{scratch / 'pii.db'}", "timeout_s": 1200, "overrides": env.overrides,
             }
             result = await env.run_worker("pipeline", params, 1500)
             result["store"] = "sqlite"
@@ -1446,7 +1500,7 @@ async def _scenario_processes(env: _Env, members: int, store: str) -> dict[str, 
             params = {
                 "prefix": prefix, "bootstrap": env.cluster.bootstrap, "rules": str(env.rules),
                 "keys_file": str(env.keys_file), "sink_path": str(scratch / f"actions-{index}.jsonl"),
-                "metrics_port": port, "instance_id": f"{prefix}-member-{index}",
+                "metrics_port": port, "instance_id": f"{prefix}-member-{index}", "overrides": env.overrides,
             }
             if schema:
                 params.update(store_url=env.pg_dsn, schema=schema, pii_store_url=env.pg_dsn, pii_schema=f"{schema}_pii")
@@ -1605,13 +1659,20 @@ def _skeleton(profile: Profile) -> dict[str, Any]:
 
 
 async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: str | None = None,
-                    rabbitmq_url: str | None = None, profile_path: Path | None = None) -> dict[str, Any]:
+                    rabbitmq_url: str | None = None, profile_path: Path | None = None,
+                    only: Collection[str] | None = None,
+                    overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run every scenario once; return the report (the JSON of ``smartico-stream bench --json``).
 
     Every key is present: a scenario that could not run holds ``{"skipped": reason}``, one that
     failed ``{"error": message}``; ``complete`` is True when every scenario that ran handled every
-    record it was given."""
+    record it was given. ``only`` runs just the named parts (:data:`PARTS`); ``overrides``
+    (``{section: {key: value}}``) change the service's settings in every scenario that runs it."""
     profile = QUICK if quick else FULL
+    selected = frozenset(only) if only else None
+    unknown = sorted((selected or frozenset()) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown bench part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
     say = progress or (lambda line: None)
     started = time.monotonic()
     report = _skeleton(profile)
@@ -1643,6 +1704,12 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
                                   "outbox.batch_size": 500, "outbox.max_backlog": 100_000,
                                   "sqlite synchronous": "FULL", "jsonl fsync": True},
     }
+    if overrides:
+        report["settings"]["service_overrides"]["--set"] = overrides
+        report["command"] += "".join(f" --set {path}={value}" for path, value in _flat(overrides).items())
+    if selected is not None:
+        report["settings"]["only"] = sorted(selected)
+        report["command"] += "".join(f" --only {part}" for part in sorted(selected))
     if profile_path is not None:
         report["notes"].append("--profile: pyinstrument sampled the pipeline scenario's service process, which "
                                "slows it; do not quote that run's pipeline figures")
@@ -1663,58 +1730,11 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
         say(f"generating the stream: {profile.events:,} records, {profile.users:,} users (StreamSpec)")
         report["settings"]["stream"].update(await asyncio.to_thread(write_stream, stream, profile.users, profile.events))
         cluster = _Cluster(ctx, shared, cores["cluster"])
-        env = _Env(profile, ctx, shared, cluster, cores, workdir, stream, rules, keys_file, say, pg_dsn, rabbitmq_url)
-        scenarios = report["scenarios"]
+        env = _Env(profile, ctx, shared, cluster, cores, workdir, stream, rules, keys_file, say, pg_dsn, rabbitmq_url,
+                   overrides or {})
         try:
             await cluster.start()
-            say("raw: confluent-kafka consume(10000) + orjson.loads")
-            scenarios["raw"] = await _guard(_scenario_raw(env))
-            say(_line("raw", scenarios["raw"]))
-            say("pipeline: the service on SQLite")
-            scenarios["pipeline"] = await _guard(_scenario_pipeline(env, "pipeline", "sqlite", profile_path=profile_path))
-            say(_line("pipeline", scenarios["pipeline"]))
-            problem = await postgres_problem(pg_dsn)
-            if problem:
-                scenarios["pipeline_postgres"] = {"skipped": problem}
-            else:
-                say("pipeline_postgres: the service on PostgreSQL")
-                scenarios["pipeline_postgres"] = await _guard(_scenario_pipeline(env, "pipeline_postgres", "postgres"))
-            say(_line("pipeline_postgres", scenarios["pipeline_postgres"]))
-            rate = scenarios["pipeline"].get("events_per_s")
-            if rate:
-                say(f"latency: paced at half the pipeline's rate, {rate / 2:,.0f} records/s for {profile.latency_seconds:g} s")
-                measured = await _guard(_scenario_pipeline(env, "latency", "sqlite", latency_rate=rate / 2))
-                report["latency"] = _latency_report(measured)
-                report["p50_latency_ms"] = report["latency"].get("p50_ms")
-                report["p99_latency_ms"] = report["latency"].get("p99_ms")
-                say(f"  p50 {report['p50_latency_ms']} ms  p99 {report['p99_latency_ms']} ms")
-            else:
-                report["latency"] = {"skipped": "the pipeline scenario measured no rate"}
-            problem = await rabbitmq_problem(rabbitmq_url)
-            for name, pipeline in (("rabbitmq_raw", False), ("rabbitmq_pipeline", True)):
-                if problem:
-                    scenarios[name] = {"skipped": problem}
-                    continue
-                say(f"{name}: {'the service' if pipeline else 'aio-pika consume + orjson.loads'} on RabbitMQ")
-                scenarios[name] = await _guard(_scenario_rabbit(env, pipeline))
-                if "error" in scenarios[name] and await _rabbitmq_back(rabbitmq_url):
-                    # A broker restart (another client's doing) is not the service's figure: once more.
-                    say(f"  {name}: {scenarios[name]['error'].splitlines()[0]}; RabbitMQ is back, running it again")
-                    failed = scenarios[name]
-                    scenarios[name] = await _guard(_scenario_rabbit(env, pipeline))
-                    scenarios[name]["retried_after"] = failed["error"].splitlines()[0]
-                say(_line(name, scenarios[name]))
-            say(f"dedup: a window of {profile.dedup_keys:,} keys (120 s at 100k/s"
-                f"{'' if profile.dedup_keys == 12_000_000 else ', scaled down for --quick'})")
-            report["dedup"] = await _guard(_dedup(env))
-            report["dedup_bytes_per_key"] = report["dedup"].get("bytes_per_key")
-            say(f"  {report['dedup_bytes_per_key']} bytes per key")
-            if profile.scaling:
-                say("scaling: 100k vs 1M distinct users")
-                report["scaling"]["users"] = await _guard(_scenario_users(env))
-                store = "postgres" if not await postgres_problem(pg_dsn) else "sqlite"
-                say(f"scaling: one vs two processes in one group (smartico-stream run, {store} store)")
-                report["scaling"]["processes"] = await _guard(_scaling_processes(env, store))
+            await _run_scenarios(env, report, selected, profile_path)
         finally:
             await cluster.close()
     _overall(report, profile)
@@ -1725,6 +1745,80 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
         "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
     }
     return report
+
+
+
+async def _run_scenarios(env: _Env, report: dict[str, Any], selected: frozenset[str] | None,
+                         profile_path: Path | None) -> None:
+    """Every scenario in order (only those in ``selected``, when given); results go into ``report``."""
+    profile, say, scenarios = env.profile, env.say, report["scenarios"]
+
+    def chosen(name: str) -> bool:
+        return selected is None or name in selected
+
+    def wanted(name: str) -> bool:  # a scenario of report["scenarios"]
+        if not chosen(name):
+            scenarios[name] = {"skipped": "not selected (--only)"}
+        return chosen(name)
+
+    if wanted("raw"):
+        say("raw: confluent-kafka consume(10000) + orjson.loads")
+        scenarios["raw"] = await _guard(_scenario_raw(env))
+        say(_line("raw", scenarios["raw"]))
+    if wanted("pipeline"):
+        say("pipeline: the service on SQLite")
+        scenarios["pipeline"] = await _guard(_scenario_pipeline(env, "pipeline", "sqlite", profile_path=profile_path))
+        say(_line("pipeline", scenarios["pipeline"]))
+    if wanted("pipeline_postgres"):
+        problem = await postgres_problem(env.pg_dsn)
+        if problem:
+            scenarios["pipeline_postgres"] = {"skipped": problem}
+        else:
+            say("pipeline_postgres: the service on PostgreSQL")
+            scenarios["pipeline_postgres"] = await _guard(_scenario_pipeline(env, "pipeline_postgres", "postgres"))
+        say(_line("pipeline_postgres", scenarios["pipeline_postgres"]))
+    if chosen("latency"):
+        rate = scenarios["pipeline"].get("events_per_s")
+        if rate:
+            say(f"latency: paced at half the pipeline's rate, {rate / 2:,.0f} records/s for {profile.latency_seconds:g} s")
+            measured = await _guard(_scenario_pipeline(env, "latency", "sqlite", latency_rate=rate / 2))
+            report["latency"] = _latency_report(measured)
+            report["p50_latency_ms"] = report["latency"].get("p50_ms")
+            report["p99_latency_ms"] = report["latency"].get("p99_ms")
+            say(f"  p50 {report['p50_latency_ms']} ms  p99 {report['p99_latency_ms']} ms")
+        else:
+            report["latency"] = {"skipped": "the pipeline scenario measured no rate (latency runs at half of it)"}
+    else:
+        report["latency"] = {"skipped": "not selected (--only)"}
+    rabbit = [(name, pipeline) for name, pipeline in (("rabbitmq_raw", False), ("rabbitmq_pipeline", True)) if wanted(name)]
+    problem = await rabbitmq_problem(env.rabbitmq_url) if rabbit else None
+    for name, pipeline in rabbit:
+        if problem:
+            scenarios[name] = {"skipped": problem}
+            continue
+        say(f"{name}: {'the service' if pipeline else 'aio-pika consume + orjson.loads'} on RabbitMQ")
+        scenarios[name] = await _guard(_scenario_rabbit(env, pipeline))
+        if "error" in scenarios[name] and await _rabbitmq_back(env.rabbitmq_url):
+            # A broker restart (another client's doing) is not the service's figure: once more.
+            say(f"  {name}: {scenarios[name]['error'].splitlines()[0]}; RabbitMQ is back, running it again")
+            failed = scenarios[name]
+            scenarios[name] = await _guard(_scenario_rabbit(env, pipeline))
+            scenarios[name]["retried_after"] = failed["error"].splitlines()[0]
+        say(_line(name, scenarios[name]))
+    if chosen("dedup"):
+        say(f"dedup: a window of {profile.dedup_keys:,} keys (120 s at 100k/s"
+            f"{'' if profile.dedup_keys == 12_000_000 else ', scaled down for --quick'})")
+        report["dedup"] = await _guard(_dedup(env))
+        report["dedup_bytes_per_key"] = report["dedup"].get("bytes_per_key")
+        say(f"  {report['dedup_bytes_per_key']} bytes per key")
+    else:
+        report["dedup"] = {"skipped": "not selected (--only)"}
+    if profile.scaling and chosen("scaling"):
+        say("scaling: 100k vs 1M distinct users")
+        report["scaling"]["users"] = await _guard(_scenario_users(env))
+        store = "postgres" if not await postgres_problem(env.pg_dsn) else "sqlite"
+        say(f"scaling: one vs two processes in one group (smartico-stream run, {store} store)")
+        report["scaling"]["processes"] = await _guard(_scaling_processes(env, store))
 
 
 async def _guard(work: Any) -> dict[str, Any]:
@@ -1937,16 +2031,40 @@ def bench_command(
     rabbitmq_url: Annotated[str | None, typer.Option(
         help=f"RabbitMQ for the rabbitmq_* scenarios (env SMARTICO_STREAM_BENCH_RABBITMQ_URL; default {DEFAULT_RABBITMQ_URL})"
     )] = None,
+    only: Annotated[list[str] | None, typer.Option(
+        "--only", help=f"run only these parts (repeatable): {', '.join(PARTS)}"
+    )] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="a service setting for every scenario that runs the service (repeatable), "
+        "e.g. --set store.sqlite_synchronous=NORMAL --set kafka.batch_size=5000"
+    )] = None,
 ) -> None:
     """Measure throughput (raw ceiling, the service on SQLite and PostgreSQL, RabbitMQ), latency,
     memory and scaling against the embedded Kafka, in one run (docs/performance.md)."""
     import uvloop
 
+    from smartico_stream.config import ConfigError, load_settings
+
     def progress(line: str) -> None:
         typer.echo(line, err=True)
 
+    unknown = sorted(set(only or ()) - set(PARTS))
+    if unknown:
+        raise typer.BadParameter(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}",
+                                 param_hint="--only")
+    overrides: dict[str, Any] = {}
+    for text in set_ or ():
+        try:
+            overrides = _merged(overrides, parse_setting(text))
+        except (ValueError, yaml.YAMLError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--set") from None
+    try:
+        # A typo fails here, not in every scenario's process (the base is what every scenario sets).
+        load_settings(environ={}, **_merged({"kafka": {"config": {"group.id": "bench"}}}, overrides))
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from None
     report = uvloop.run(run_bench(quick, progress, pg_dsn=postgres_dsn, rabbitmq_url=rabbitmq_url,
-                                  profile_path=profile))
+                                  profile_path=profile, only=only, overrides=overrides))
     if json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     else:

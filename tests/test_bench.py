@@ -119,3 +119,38 @@ def test_the_overall_figures_are_measured(report: dict[str, Any]) -> None:
     assert latency["samples"] > 0
     dedup = report["dedup"]
     assert dedup["keys"] > 0 and dedup["tracemalloc"]["bytes_per_key"] > 0
+
+
+def run_bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*bench_command(), *args], capture_output=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_only_and_set_run_the_chosen_parts_with_the_settings_the_service_reads_back() -> None:
+    completed = run_bench("--quick", "--json", "--only", "pipeline",
+                          "--set", "store.sqlite_synchronous=NORMAL", "--set", "kafka.batch_size=500",
+                          "--set", "kafka.config.fetch.wait.max.ms=20")
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-3000:]
+    report = json.loads(completed.stdout)
+    pipeline = report["scenarios"]["pipeline"]
+    assert pipeline["complete"] is True and pipeline["records"] == pipeline["expected_records"]
+    # Read back from the service's own Settings, not echoed from the command line.
+    assert pipeline["settings_applied"] == {
+        "store.sqlite_synchronous": "NORMAL", "kafka.batch_size": 500, "kafka.config.fetch.wait.max.ms": 20,
+    }
+    for name in ("raw", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline"):
+        assert report["scenarios"][name] == {"skipped": "not selected (--only)"}
+    assert report["latency"] == report["dedup"] == {"skipped": "not selected (--only)"}
+    assert report["settings"]["only"] == ["pipeline"]
+    assert "--set store.sqlite_synchronous=NORMAL" in report["command"] and "--only pipeline" in report["command"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--only", "pipelines"), "unknown part(s) pipelines; choose from raw, pipeline,"),
+    (("--set", "store.sqlite_synchronous=OFF"), "store.sqlite_synchronous: Input should be 'FULL', 'NORMAL' or 'EXTRA'"),
+    (("--set", "batch_size"), "expected section.key=value"),
+])
+def test_a_bad_only_or_set_is_refused_before_anything_starts(args: tuple[str, ...], message: str) -> None:
+    completed = run_bench("--quick", *args, timeout=60)
+    assert completed.returncode == 2
+    assert message in " ".join(re.sub(r"[│╭╮╰╯─]", " ", completed.stderr.decode()).split())
