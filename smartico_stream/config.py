@@ -176,6 +176,11 @@ class StoreSettings(_Section):
 class EngineSettings(_Section):
     rules: Path | None = Field(default=None, description="rule file or folder; none: aggregates only")
     state_cache_size: int = Field(default=100_000, ge=0, description="users kept in memory between batches")
+    full_gc_interval_s: float = Field(
+        default=300.0, ge=0,
+        description="long-lived objects are kept out of Python's garbage collector, with one full collection "
+        "this often (0: Python's own schedule, whose full collections walk the whole state cache)",
+    )
 
 
 class OutboxSettings(_Section):

@@ -27,6 +27,7 @@ from smartico_stream.engine.rules import RuleSet, load_rules
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import RawRecord
 from smartico_stream.failpoints import Failpoints
+from smartico_stream.observability.collector import FrozenHeap
 from smartico_stream.observability.health import Health
 from smartico_stream.observability.http import MetricsServer
 from smartico_stream.observability.logging import RateLimiter, get_logger
@@ -185,6 +186,7 @@ class Service:
         )
         self.sinks = sinks
         self.metrics_server: MetricsServer | None = None
+        self._heap = FrozenHeap(settings.engine.full_gc_interval_s, self.metrics)
         self._log_limiter = RateLimiter()
         self._paused = False
         self._backlog_checked_at = 0.0
@@ -235,6 +237,7 @@ class Service:
                 await self.pii.vault.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
+            self._heap.close()
             log.info("stopped", consumed=self.stats.consumed, dead_lettered=self.stats.dead_lettered)
 
     # one batch ---------------------------------------------------------------------------------
@@ -313,6 +316,7 @@ class Service:
                 continue
             self.metrics.store_commit_seconds.observe(time.perf_counter() - commit_started)
             self._after_commit(result, batch)
+            self._heap.after_batch()
             self.failpoints.hit("after_store_commit")
             await self.transport.handled(result.next_offsets, result.last_timestamps)
             self.relay.wake()

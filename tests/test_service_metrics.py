@@ -177,3 +177,51 @@ def test_metrics_after_a_known_run_count_every_result_and_expose_lag_health_and_
     leaked = label_values & ids
     assert not leaked, f"ids used as label values: {sorted(leaked)}"
     assert not any("@" in v or "metrics-user" in v or "metrics-dep" in v for v in label_values)
+
+
+def test_the_heap_is_frozen_between_batches_with_a_timed_full_collection_and_handed_back_at_stop(
+    make_settings, producer, run_service, scrape, broker
+):
+    import gc
+
+    p = producer()
+    p.ensure_topics("payments")
+    settings = make_settings(topics={"payments": ["payments"]}, engine={"full_gc_interval_s": 0.3})
+    service = Service(settings)
+    gc.unfreeze()
+    frozen_while_running: list[int] = []
+
+    async def scenario() -> str:
+        async with run_service(service) as running:
+            await running.wait_until(lambda: service.metrics_server is not None, "the metrics server")
+            for round_ in range(8):  # batches over more than one full-collection interval
+                p.send("payments", "gc-user", deposit("gc-user", f"gc-dep-{round_}"))
+                p.flush()
+                await running.wait_until(lambda r=round_: service.stats.consumed > r, f"record {round_}")
+                frozen_while_running.append(gc.get_freeze_count())
+                await asyncio.sleep(0.1)
+            return scrape(service.metrics_server.port, "/metrics")[1]
+
+    text = asyncio.run(scenario())
+    assert all(count > 0 for count in frozen_while_running), frozen_while_running
+    full = value(parse(text), "smartico_stream_gc_full_collection_seconds_count")
+    assert full is not None and full >= 1  # at least one timed full collection in ~0.8 s of batches
+    assert gc.get_freeze_count() == 0  # the process gets its heap back when the service stops
+
+
+def test_full_gc_interval_zero_leaves_the_collector_alone(make_settings, producer, run_service, broker):
+    import gc
+
+    p = producer()
+    p.ensure_topics("payments")
+    service = Service(make_settings(topics={"payments": ["payments"]}, engine={"full_gc_interval_s": 0}))
+    gc.unfreeze()
+
+    async def scenario() -> int:
+        async with run_service(service) as running:
+            p.send("payments", "gc-user-0", deposit("gc-user-0", "gc-off-1"))
+            p.flush()
+            await running.wait_until(lambda: service.stats.consumed >= 1, "the record")
+            return gc.get_freeze_count()
+
+    assert asyncio.run(scenario()) == 0

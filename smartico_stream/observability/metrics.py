@@ -118,6 +118,11 @@ class Metrics:
             "smartico_stream_store_commit_seconds", "Time of one batch's store transaction",
             buckets=_BATCH_SECONDS_BUCKETS, registry=r,
         )
+        self.gc_full_collection_seconds = Histogram(
+            "smartico_stream_gc_full_collection_seconds",
+            "Full garbage collections run every engine.full_gc_interval_s (the service's thread waits)",
+            buckets=_BATCH_SECONDS_BUCKETS, registry=r,
+        )
         self.batch_retries = Counter(
             "smartico_stream_batch_retries", "Batches redone, by reason (fenced, conflict, engine_error)",
             ["reason"], registry=r,
