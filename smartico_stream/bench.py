@@ -588,6 +588,21 @@ def _kafka_raw(params: dict[str, Any], shared: Any) -> dict[str, Any]:
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
                      for topic, count in params["partitions"].items() for p in range(count)])
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
+
+    def tally(messages: list[Any], consumed: int, decoded: int, bad: int, errors: int) -> tuple[int, int, int, int]:
+        """Decode one fetch: the counts (consumed, decoded, not JSON, consume errors) plus its own."""
+        for message in messages:
+            if message.error() is not None:
+                errors += 1
+                continue
+            consumed += 1
+            try:
+                loads(message.value())
+                decoded += 1
+            except decode_error:
+                bad += 1
+        return consumed, decoded, bad, errors
+
     consumed = decoded = bad = errors = 0
     busy = cpu = 0.0
     rounds = 0
@@ -609,29 +624,11 @@ def _kafka_raw(params: dict[str, Any], shared: Any) -> dict[str, Any]:
                     break
                 if time.perf_counter() - waited > 60:
                     raise TimeoutError(f"raw consumer saw nothing of round {rounds} ({consumed} of {target} records)")
-            for message in first:
-                if message.error() is not None:
-                    errors += 1
-                    continue
-                consumed += 1
-                try:
-                    loads(message.value())
-                    decoded += 1
-                except decode_error:
-                    bad += 1
+            consumed, decoded, bad, errors = tally(first, consumed, decoded, bad, errors)
             started, cpu_started = time.perf_counter(), time.process_time()
             while consumed < target:
                 messages = consumer.consume(min(10_000, target - consumed), 1.0)
-                for message in messages:
-                    if message.error() is not None:
-                        errors += 1
-                        continue
-                    consumed += 1
-                    try:
-                        loads(message.value())
-                        decoded += 1
-                    except decode_error:
-                        bad += 1
+                consumed, decoded, bad, errors = tally(messages, consumed, decoded, bad, errors)
                 if not messages and time.perf_counter() - started > 60:
                     raise TimeoutError(f"raw consumer stalled at {consumed} of {target} records")
             busy += time.perf_counter() - started

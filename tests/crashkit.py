@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,13 @@ FAST_GROUP_CONFIG = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250}
 
 
 # -- PostgreSQL -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a service's metrics endpoint)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def unique_schema(prefix: str = "t") -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,11 +28,14 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from smartico_stream.config import load_settings
-from smartico_stream.observability.health import Health
-from smartico_stream.observability.http import MetricsServer
-from smartico_stream.observability.metrics import Metrics
-from smartico_stream.ops.shutdown import shutdown_budget_s
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import crashkit  # noqa: E402 - the tests folder is not a package
+
+from smartico_stream.config import load_settings  # noqa: E402
+from smartico_stream.observability.health import Health  # noqa: E402
+from smartico_stream.observability.http import MetricsServer  # noqa: E402
+from smartico_stream.observability.metrics import Metrics  # noqa: E402
+from smartico_stream.ops.shutdown import shutdown_budget_s  # noqa: E402
 
 FAST_GROUP = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250}
 
@@ -46,12 +48,6 @@ def get(port: int, path: str) -> tuple[int | None, str, str]:
         return exc.code, exc.headers.get("Content-Type", ""), exc.read().decode()
     except OSError:
         return None, "", ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_endpoints_report_liveness_from_the_heartbeat_and_readiness_from_joining():
@@ -138,7 +134,7 @@ def base_config(tmp_path: Path, bootstrap: str, heartbeat_timeout_s: float) -> d
             # the heartbeat timeout must outlast one dead-letter flush (the config refuses otherwise)
             "dead_letter_flush_timeout_s": min(30.0, heartbeat_timeout_s / 2),
         },
-        "metrics": {"host": "127.0.0.1", "port": free_port(), "heartbeat_timeout_s": heartbeat_timeout_s},
+        "metrics": {"host": "127.0.0.1", "port": crashkit.free_port(), "heartbeat_timeout_s": heartbeat_timeout_s},
         "store": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
         "pii": {"store_url": f"sqlite:///{tmp_path / 'pii.db'}"},
         "logging": {"level": "INFO", "format": "json"},

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,8 +29,11 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from smartico_stream.config import load_settings
-from smartico_stream.ops.shutdown import shutdown_budget_s
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import crashkit  # noqa: E402 - the tests folder is not a package
+
+from smartico_stream.config import load_settings  # noqa: E402
+from smartico_stream.ops.shutdown import shutdown_budget_s  # noqa: E402
 
 pytestmark = pytest.mark.kafka
 
@@ -49,22 +51,11 @@ rules:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def service_command() -> list[str]:
-    script = Path(sys.executable).with_name("smartico-stream")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "smartico_stream.cli"]
-
-
 class ServiceProcess:
     """`smartico-stream run --config` with stderr captured to a file and metrics on a known port."""
 
     def __init__(self, tmp_path: Path, bootstrap: str, group: str, name: str, **overrides: Any) -> None:
-        self.port = free_port()
+        self.port = crashkit.free_port()
         self.stderr_path = tmp_path / f"{name}.stderr"
         config: dict[str, Any] = {
             "adapter": "reference",
@@ -86,7 +77,7 @@ class ServiceProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTICO_STREAM_")}
         self.process = subprocess.Popen(
-            [*service_command(), "run", "--config", str(self.config_path)],
+            [*crashkit.CLI, "run", "--config", str(self.config_path)],
             stdout=subprocess.DEVNULL, stderr=open(self.stderr_path, "wb"), env=env,
         )
 

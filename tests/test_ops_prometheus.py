@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,10 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 
-from smartico_stream.ops.alerts import AlertParams, render_rules
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import crashkit  # noqa: E402 - the tests folder is not a package
+
+from smartico_stream.ops.alerts import AlertParams, render_rules  # noqa: E402
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
@@ -42,17 +44,6 @@ pytestmark = [
 BACKLOG = 20_000
 THRESHOLD = 500
 TARGET_LABELS = {"namespace": "ops-test", "operator": "op-test", "consumer_group": "ops-prometheus"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def service_command() -> list[str]:
-    script = Path(sys.executable).with_name("smartico-stream")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "smartico_stream.cli"]
 
 
 def get_json(url: str) -> Any:
@@ -85,7 +76,7 @@ def test_prometheus_sees_the_lag_alert_go_pending_for_a_service_that_cannot_keep
             producer.poll(0)
     assert producer.flush(30) == 0
 
-    metrics_port, prometheus_port = free_port(), free_port()
+    metrics_port, prometheus_port = crashkit.free_port(), crashkit.free_port()
     group = f"{TARGET_LABELS['consumer_group']}-{uuid.uuid4().hex[:6]}"
     labels = {**TARGET_LABELS, "consumer_group": group}
     config = {
@@ -119,7 +110,7 @@ def test_prometheus_sees_the_lag_alert_go_pending_for_a_service_that_cannot_keep
     service = prometheus = None
     api = f"http://127.0.0.1:{prometheus_port}/api/v1"
     try:
-        service = subprocess.Popen([*service_command(), "run", "--config", str(tmp_path / "config.yaml")],
+        service = subprocess.Popen([*crashkit.CLI, "run", "--config", str(tmp_path / "config.yaml")],
                                    stdout=subprocess.DEVNULL, stderr=open(tmp_path / "service.log", "wb"), env=env)
         prometheus = subprocess.Popen(
             [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
