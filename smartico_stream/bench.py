@@ -702,7 +702,8 @@ class _Probe:
         self.latency = latency
         self._pending: list[int] = []
         self._polled_at = 0.0
-        self.samples: list[tuple[int, float]] = []  # (record timestamp ms, ms to commit)
+        # (record timestamp ms, ms to commit, ms of that before the service fetched it)
+        self.samples: list[tuple[int, float, float]] = []
         self.batches: list[tuple[int, float]] = []  # (records, ms from fetch to commit), latency runs
         self.commit_times: list[tuple[float, int]] = []  # (commit returned, records fetched so far)
         poll, commit = service.transport.poll, service.store.commit
@@ -727,8 +728,8 @@ class _Probe:
             self.commits += 1
             self.commit_times.append((now, self.fetched))
             if latency and self._pending:
-                now_ms = now * 1000.0
-                self.samples.extend((ts, now_ms - ts) for ts in self._pending if ts > 0)
+                now_ms, polled_ms = now * 1000.0, self._polled_at * 1000.0
+                self.samples.extend((ts, now_ms - ts, polled_ms - ts) for ts in self._pending if ts > 0)
                 self.batches.append((len(self._pending), (now - self._polled_at) * 1000.0))
                 self._pending.clear()
 
@@ -870,7 +871,10 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         result["settings_applied"] = applied
     if probe.latency:
         start_ms = (shared[PACE_START] + params.get("warmup_s", 0.0)) * 1000.0
-        kept = sorted(lat for ts, lat in probe.samples if ts >= start_ms)
+        counted = [(total, before) for ts, total, before in probe.samples if ts >= start_ms]
+        kept = sorted(total for total, _ in counted)
+        before_fetch = sorted(before for _, before in counted)
+        in_service = sorted(total - before for total, before in counted)
         result["latency"] = {
             "samples": len(kept),
             "warmup_excluded": len(probe.samples) - len(kept),
@@ -879,6 +883,12 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
             "p99_ms": _percentile(kept, 0.99),
             "p999_ms": _percentile(kept, 0.999),
             "max_ms": round(kept[-1], 2) if kept else None,
+            # the same records split in two: producer, broker and consumer client until the service
+            # had the record in hand, then the service's handling (fetch to commit)
+            "before_fetch_ms_p50": _percentile(before_fetch, 0.50),
+            "before_fetch_ms_p99": _percentile(before_fetch, 0.99),
+            "fetch_to_commit_ms_p50": _percentile(in_service, 0.50),
+            "fetch_to_commit_ms_p99": _percentile(in_service, 0.99),
             # where the time goes: waiting in the consumer for a batch to fill (up to batch_size
             # records or poll_timeout_s) happens before the fetch; handling is fetch -> commit
             "batches": len(probe.batches),
@@ -1990,8 +2000,10 @@ def render_table(report: dict[str, Any]) -> str:
         f"latency p50 / p99         {_fmt(report['p50_latency_ms'], 1)} / {_fmt(report['p99_latency_ms'], 1)} ms"
         + (f"  (at {_fmt(latency.get('target_rate_per_s'))} records/s, {_fmt(latency.get('samples'))} records)"
            if "samples" in latency else f"  ({latency.get('skipped') or latency.get('error', '')})"),
-        *([f"  batches of {_fmt(latency.get('batch_records_mean'), 0)} records on average, "
-            f"{_fmt(latency.get('batch_fetch_to_commit_ms_p50'), 1)} ms from fetch to commit (median)"]
+        *([(f"  batches of {_fmt(latency.get('batch_records_mean'), 0)} records on average, "
+             f"{_fmt(latency.get('batch_fetch_to_commit_ms_p50'), 1)} ms from fetch to commit (median)"),
+           (f"  p99 split: {_fmt(latency.get('before_fetch_ms_p99'), 1)} ms before the fetch, "
+            f"{_fmt(latency.get('fetch_to_commit_ms_p99'), 1)} ms fetch to commit")]
           if latency.get("batches") else []),
         f"peak RSS (pipeline)       {_fmt(report['peak_rss_mb'], 0)} MB",
         f"dedup bytes per key       {_fmt(report['dedup_bytes_per_key'], 1)}"

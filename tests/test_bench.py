@@ -117,6 +117,9 @@ def test_the_overall_figures_are_measured(report: dict[str, Any]) -> None:
     latency = report["latency"]
     assert latency["complete"] is True and latency["records"] == latency["expected_records"]
     assert latency["samples"] > 0
+    # The split of each record's latency adds up: neither part is negative, none exceeds the whole.
+    for part in ("before_fetch_ms", "fetch_to_commit_ms"):
+        assert 0 <= latency[f"{part}_p50"] <= latency[f"{part}_p99"] <= latency["max_ms"], part
     dedup = report["dedup"]
     assert dedup["keys"] > 0 and dedup["tracemalloc"]["bytes_per_key"] > 0
 
