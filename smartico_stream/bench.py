@@ -1718,8 +1718,9 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
         report["settings"]["only"] = sorted(selected)
         report["command"] += "".join(f" --only {part}" for part in sorted(selected))
     if profile_path is not None:
-        report["notes"].append("--profile: pyinstrument sampled the pipeline scenario's service process, which "
-                               "slows it; do not quote that run's pipeline figures")
+        report["notes"].append("--profile: pyinstrument sampled the service process of the pipeline scenario (of "
+                               "pipeline_postgres when it ran alone), which slows it; do not quote that run's "
+                               "figures for it")
     ctx = mp.get_context("spawn")
     shared = ctx.RawArray("d", _SLOTS)
     with tempfile.TemporaryDirectory(prefix="smartico-bench-") as tmp:
@@ -1782,7 +1783,9 @@ async def _run_scenarios(env: _Env, report: dict[str, Any], selected: frozenset[
             scenarios["pipeline_postgres"] = {"skipped": problem}
         else:
             say("pipeline_postgres: the service on PostgreSQL")
-            scenarios["pipeline_postgres"] = await _guard(_scenario_pipeline(env, "pipeline_postgres", "postgres"))
+            # Profiled when it is the only pipeline scenario of the run (--only pipeline_postgres).
+            scenarios["pipeline_postgres"] = await _guard(_scenario_pipeline(
+                env, "pipeline_postgres", "postgres", profile_path=None if wanted("pipeline") else profile_path))
         say(_line("pipeline_postgres", scenarios["pipeline_postgres"]))
     if chosen("latency"):
         rate = scenarios["pipeline"].get("events_per_s")
@@ -2032,7 +2035,8 @@ def bench_command(
     quick: Annotated[bool, typer.Option("--quick", help="small run for CI smoke tests (under a minute)")] = False,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of the table")] = False,
     profile: Annotated[Path | None, typer.Option(
-        help="write a pyinstrument profile of the pipeline scenario's service process to this file (.txt and .html)"
+        help="write a pyinstrument profile of the pipeline scenario's service process to this file (.txt and "
+             ".html); with --only pipeline_postgres alone, of that scenario's"
     )] = None,
     postgres_dsn: Annotated[str | None, typer.Option(
         help=f"PostgreSQL for pipeline_postgres (env SMARTICO_STREAM_BENCH_PG_DSN; default {DEFAULT_PG_DSN})"

@@ -184,7 +184,9 @@ class EngineSettings(_Section):
 
 
 class OutboxSettings(_Section):
-    batch_size: int = Field(default=500, ge=1, description="actions per delivery to a sink")
+    # Large enough for one batch's actions (2,000 records emit ~5,700 with the bench's rules): each
+    # delivery is a store read and a cursor transaction, and at 500 the relay fell behind.
+    batch_size: int = Field(default=5000, ge=1, description="most actions per delivery to a sink")
     poll_interval_s: float = Field(default=0.5, gt=0)
     max_backlog: int = Field(
         default=100_000, ge=1, description="undelivered actions at which consumption pauses until sinks catch up"

@@ -377,6 +377,27 @@ async def test_a_stale_epoch_is_fenced_and_writes_nothing(backend: Backend) -> N
         await new_owner.commit(BatchWrite(epochs={("nowhere", 0): 1}, offsets={("nowhere", 0): 1}))
 
 
+async def test_fencing_and_the_dedup_horizon_cover_batches_over_many_partitions(backend: Backend) -> None:
+    """Lease checks and expiry deletes are one statement per chunk of partitions: a batch wider than
+    a chunk is checked and pruned in full, the last partition as much as the first."""
+    old_owner, new_owner = await backend.open(), await backend.open()
+    partitions = [("wide", p) for p in range(SqliteStore._PARTITION_CHUNK * 2 + 3)]
+    old = await epochs_for(old_owner, *partitions, owner="old")
+    await old_owner.commit(BatchWrite(epochs=old, dedup_added={tp: [(tp[1], 10.0), (1000 + tp[1], 30.0)]
+                                                             for tp in partitions}))
+    await old_owner.commit(BatchWrite(epochs=old, offsets={tp: 1 for tp in partitions}, dedup_horizon=20.0))
+    assert await rows(old_owner, "SELECT part, digest FROM dedup_keys ORDER BY part") == [
+        (p, 1000 + p) for _, p in partitions
+    ]
+    last = partitions[-1]
+    await epochs_for(new_owner, last, owner="new")
+    before = await snapshot(new_owner)
+    with pytest.raises(FencedError) as fenced:
+        await old_owner.commit(BatchWrite(epochs=old, offsets={tp: 2 for tp in partitions}))
+    assert fenced.value.partitions == [last]
+    assert await snapshot(new_owner) == before
+
+
 # -- optimistic user versions -----------------------------------------------------------------------
 
 

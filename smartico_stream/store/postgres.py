@@ -102,7 +102,7 @@ class PostgresStore(SqlStore):
 
     # Lock the lease rows read for the check for the rest of the transaction, so a takeover cannot
     # slip in between the check and the commit.
-    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ? FOR UPDATE"
+    _lease_lock = " FOR UPDATE"
 
     async def _lock_users(self, conn: Any, keys: Sequence[tuple[str, str]]) -> None:
         """Serialise writers of the same users, including users no row exists for yet (a row lock

@@ -48,6 +48,17 @@ def _by_brand(keys: Sequence[UserKey]) -> dict[str, list[str]]:
     return grouped
 
 
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _each_partition(count: int, condition: str = "") -> str:
+    """A WHERE clause matching ``count`` (topic, part) pairs, each with ``condition`` (parameters:
+    topic, part and the condition's, per pair). An OR of terms, not a row-value IN: both databases
+    turn each term into its own index range."""
+    return " OR ".join([f"(topic = ? AND part = ?{condition})"] * count)
+
+
 class Database(Protocol):
     """What the store logic needs from a database: SQLiteDatabase or PostgresDatabase."""
 
@@ -67,7 +78,7 @@ class Database(Protocol):
 class SqlStore:
     """The state store over a :class:`Database` (the Store protocol of store/base.py)."""
 
-    _lease_query = "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?"
+    _lease_lock = ""  # appended to the lease check (PostgreSQL locks the rows until commit)
     _version_query = "SELECT user_id, version FROM users WHERE brand = ? AND user_id IN ({users})"
     _VERSION_CHUNK = 400
     _PARTITION_CHUNK = 64  # partitions per outbox query (PostgreSQL allows 32767 parameters)
@@ -117,13 +128,29 @@ class SqlStore:
         return leases
 
     async def _check_epochs(self, conn: Connection, epochs: dict[PartitionId, int]) -> None:
-        stale = []
-        for (topic, part), epoch in sorted(epochs.items()):
-            rows = await conn.fetch(self._lease_query, topic, part)
-            if not rows or int(rows[0][0]) != epoch:
-                stale.append((topic, part))
+        stored: dict[PartitionId, int] = {}
+        ordered = sorted(epochs)  # one lock order for every writer (PostgreSQL locks the rows read)
+        for chunk in _chunks(ordered, self._PARTITION_CHUNK):
+            # One query for all partitions, not one each: a PostgreSQL round trip per partition
+            # was a third of a batch's commit.
+            sql = f"SELECT topic, part, epoch FROM partition_leases WHERE {_each_partition(len(chunk))} " \
+                  f"ORDER BY topic, part{self._lease_lock}"
+            for topic, part, epoch in await conn.fetch(sql, *(arg for tp in chunk for arg in tp)):
+                stored[(topic, int(part))] = int(epoch)
+        stale = [tp for tp in ordered if stored.get(tp) != epochs[tp]]
         if stale:
             raise FencedError(stale)
+
+    @staticmethod
+    async def _delete_older(conn: Connection, table: str, column: str, partitions: Sequence[PartitionId],
+                            horizon: float) -> None:
+        """Delete the rows of ``partitions`` whose ``column`` is before ``horizon``: one statement
+        per chunk of partitions, each term a range of the (topic, part, age) index."""
+        for chunk in _chunks(sorted(partitions), SqlStore._PARTITION_CHUNK):
+            await conn.execute(
+                f"DELETE FROM {table} WHERE {_each_partition(len(chunk), f' AND {column} < ?')}",
+                *(arg for topic, part in chunk for arg in (topic, part, horizon)),
+            )
 
     async def _lock_users(self, conn: Connection, keys: Sequence[UserKey]) -> None:
         """SQLite has one writer at a time (BEGIN IMMEDIATE): nothing more to lock."""
@@ -137,8 +164,7 @@ class SqlStore:
         # brand = ? AND user_id IN (...): primary-key lookups on both databases (SQLite scans the
         # table for a row-value IN over VALUES).
         for brand, users in _by_brand(keys).items():
-            for start in range(0, len(users), self._VERSION_CHUNK):
-                chunk = users[start : start + self._VERSION_CHUNK]
+            for chunk in _chunks(users, self._VERSION_CHUNK):
                 sql = self._version_query.format(users=", ".join("?" for _ in chunk))
                 for user, version in await conn.fetch(sql, brand, *chunk):
                     stored[(brand, user)] = int(version)
@@ -190,11 +216,7 @@ class SqlStore:
                     added,
                 )
             if batch.dedup_horizon is not None and batch.epochs:
-                for topic, part in batch.epochs:
-                    await conn.execute(
-                        "DELETE FROM dedup_keys WHERE topic = ? AND part = ? AND first_seen < ?",
-                        topic, part, batch.dedup_horizon,
-                    )
+                await self._delete_older(conn, "dedup_keys", "first_seen", list(batch.epochs), batch.dedup_horizon)
             handled = [(t, p, key, batch.handled_at) for (t, p), keys in batch.handled_messages.items() for key in keys]
             if handled:
                 await conn.executemany(
@@ -203,11 +225,8 @@ class SqlStore:
                     handled,
                 )
             if batch.handled_horizon is not None and batch.handled_messages:
-                for topic, part in batch.handled_messages:
-                    await conn.execute(
-                        "DELETE FROM handled_messages WHERE topic = ? AND part = ? AND handled_at < ?",
-                        topic, part, batch.handled_horizon,
-                    )
+                await self._delete_older(conn, "handled_messages", "handled_at", list(batch.handled_messages),
+                                         batch.handled_horizon)
             if batch.offsets:
                 await conn.executemany(
                     "INSERT INTO source_offsets (topic, part, next_offset) VALUES (?, ?, ?) "
@@ -221,8 +240,7 @@ class SqlStore:
             # One round trip per brand and chunk, not per user: a batch misses the cache for
             # hundreds of users at a time, and on PostgreSQL each query is a network round trip.
             for brand, users in _by_brand(keys).items():
-                for start in range(0, len(users), self._VERSION_CHUNK):
-                    chunk = users[start : start + self._VERSION_CHUNK]
+                for chunk in _chunks(users, self._VERSION_CHUNK):
                     rows = await conn.fetch(
                         f"SELECT user_id, state, version FROM users WHERE brand = ? AND user_id IN "
                         f"({', '.join('?' for _ in chunk)})",
@@ -238,8 +256,7 @@ class SqlStore:
         found: set[str] = set()
         topic, part = partition
         async with self.connection() as conn:
-            for start in range(0, len(message_keys), self._VERSION_CHUNK):
-                chunk = list(message_keys[start : start + self._VERSION_CHUNK])
+            for chunk in _chunks(list(message_keys), self._VERSION_CHUNK):
                 rows = await conn.fetch(
                     "SELECT message_key FROM handled_messages WHERE topic = ? AND part = ? AND message_key IN "
                     f"({', '.join('?' for _ in chunk)})",
@@ -257,8 +274,7 @@ class SqlStore:
             found = await self._scan_rows(conn, after, limit) if after else []
             if found is None:
                 found, exact_until = [], None
-                for start in range(0, len(partitions), self._PARTITION_CHUNK):
-                    chunk = partitions[start : start + self._PARTITION_CHUNK]
+                for chunk in _chunks(partitions, self._PARTITION_CHUNK):
                     rows, until = await self._next_rows(conn, [(tp, after[tp]) for tp in chunk], limit)
                     found += rows
                     if until is not None:
@@ -274,8 +290,7 @@ class SqlStore:
         rows (one index range, no sort). ``None`` when other members' rows make up most of it."""
         first = None
         items = list(after.items())
-        for start in range(0, len(items), self._PARTITION_CHUNK):
-            chunk = items[start : start + self._PARTITION_CHUNK]
+        for chunk in _chunks(items, self._PARTITION_CHUNK):
             # Each MIN is one index seek; a partition without actions keeps its cursor at 0 and
             # must not drag the scan back to the start of the table.
             sql = "SELECT MIN(s) FROM (" + " UNION ALL ".join(
@@ -353,8 +368,7 @@ class SqlStore:
         backlog = 0
         async with self.connection() as conn:
             cursors = await self._cursors(conn, sinks) if sinks else {}
-            for start in range(0, len(partitions), self._PARTITION_CHUNK):
-                chunk = partitions[start : start + self._PARTITION_CHUNK]
+            for chunk in _chunks(partitions, self._PARTITION_CHUNK):
                 # Counted from the slowest sink's cursor of each partition.
                 slowest = [min((cursors.get((sink, *tp), 0) for sink in sinks), default=0) for tp in chunk]
                 where = " OR ".join("(topic = ? AND part = ? AND seq > ?)" for _ in chunk)
