@@ -131,22 +131,20 @@ class SqlStore:
         stored: dict[PartitionId, int] = {}
         ordered = sorted(epochs)  # one lock order for every writer (PostgreSQL locks the rows read)
         for chunk in _chunks(ordered, self._PARTITION_CHUNK):
-            # One query for all partitions, not one each: a PostgreSQL round trip per partition
-            # was a third of a batch's commit.
-            sql = f"SELECT topic, part, epoch FROM partition_leases WHERE {_each_partition(len(chunk))} " \
-                  f"ORDER BY topic, part{self._lease_lock}"
+            # One query per chunk of partitions, not one round trip per partition.
+            sql = (f"SELECT topic, part, epoch FROM partition_leases WHERE {_each_partition(len(chunk))} "
+                   f"ORDER BY topic, part{self._lease_lock}")
             for topic, part, epoch in await conn.fetch(sql, *(arg for tp in chunk for arg in tp)):
                 stored[(topic, int(part))] = int(epoch)
         stale = [tp for tp in ordered if stored.get(tp) != epochs[tp]]
         if stale:
             raise FencedError(stale)
 
-    @staticmethod
-    async def _delete_older(conn: Connection, table: str, column: str, partitions: Sequence[PartitionId],
+    async def _delete_older(self, conn: Connection, table: str, column: str, partitions: Sequence[PartitionId],
                             horizon: float) -> None:
         """Delete the rows of ``partitions`` whose ``column`` is before ``horizon``: one statement
         per chunk of partitions, each term a range of the (topic, part, age) index."""
-        for chunk in _chunks(sorted(partitions), SqlStore._PARTITION_CHUNK):
+        for chunk in _chunks(sorted(partitions), self._PARTITION_CHUNK):
             await conn.execute(
                 f"DELETE FROM {table} WHERE {_each_partition(len(chunk), f' AND {column} < ?')}",
                 *(arg for topic, part in chunk for arg in (topic, part, horizon)),
