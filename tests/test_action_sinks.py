@@ -288,6 +288,22 @@ def test_webhook_batch_posts_a_json_array(http_server: ScriptedHttpServer) -> No
     assert request.body == b"[" + b",".join(a.to_json() for a in actions) + b"]"
 
 
+def test_webhook_batch_is_split_into_requests_of_at_most_max_batch_actions(http_server: ScriptedHttpServer) -> None:
+    actions = make_actions(7)
+    deliver(webhook(http_server.url(), batch=True, max_batch_actions=3), actions)
+
+    assert [len(orjson.loads(r.body)) for r in http_server.requests] == [3, 3, 1]
+    assert [r.headers["idempotency-key"] for r in http_server.requests] == [
+        f"{actions[0].action_id}+3", f"{actions[3].action_id}+3", actions[6].action_id  # one action: its own id
+    ]
+    assert [a for r in http_server.requests for a in orjson.loads(r.body)] == [a.as_dict() for a in actions]
+
+
+def test_webhook_refuses_a_max_batch_actions_below_one() -> None:
+    with pytest.raises(ValueError, match="max_batch_actions must be >= 1"):
+        build_sink({"type": "webhook", "url": "http://127.0.0.1:9/", "batch": True, "max_batch_actions": 0})
+
+
 def test_webhook_retries_5xx_and_429_then_succeeds_with_the_same_request(http_server: ScriptedHttpServer) -> None:
     http_server.answer(500, (429, {"Retry-After": "0"}), 503, 200)
     sleep = RecordingSleep()
@@ -696,11 +712,14 @@ def test_build_sink_webhook(http_server: ScriptedHttpServer) -> None:
             "max_attempts": 2,
             "backoff_s": 0.001,
             "batch": True,
+            "max_batch_actions": 100,
             "name": "crm",
         }
     )
     assert isinstance(sink, WebhookSink)
-    assert (sink.name, sink.max_attempts, sink.batch, sink.timeout_s) == ("crm", 2, True, 10.0)
+    assert (sink.name, sink.max_attempts, sink.batch, sink.max_batch_actions, sink.timeout_s) == (
+        "crm", 2, True, 100, 10.0
+    )
     deliver(sink, make_actions(2))
     assert http_server.requests[0].headers["x-api-key"] == "k"
 

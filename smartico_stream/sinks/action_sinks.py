@@ -282,7 +282,8 @@ class _Response:
 
 class WebhookSink:
     """POSTs actions to an HTTP(S) endpoint: one JSON action per request, or, with ``batch``, the
-    whole batch as one JSON array per request.
+    batch as JSON arrays of at most ``max_batch_actions`` actions per request (the relay hands over
+    up to ``outbox.batch_size`` at a time; receivers often cap request bodies near 1 MB).
 
     Every request carries ``Content-Type: application/json`` and ``Idempotency-Key`` (see
     :func:`idempotency_key`). A 2xx answer is an acknowledgement; so is 409 Conflict (the receiver
@@ -307,6 +308,7 @@ class WebhookSink:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30,
         batch: bool = False,
+        max_batch_actions: int = 500,
         *,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -328,6 +330,8 @@ class WebhookSink:
             raise ValueError("max_attempts must be >= 1")
         if backoff_s < 0 or max_backoff_s < 0:
             raise ValueError("backoff_s and max_backoff_s must be >= 0")
+        if max_batch_actions < 1:
+            raise ValueError("max_batch_actions must be >= 1")
         extra = dict(headers or {})
         for header, value in extra.items():
             if header.lower() in _RESERVED_HEADERS:
@@ -354,6 +358,7 @@ class WebhookSink:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.batch = batch
+        self.max_batch_actions = max_batch_actions
         self._rng = rng or random.Random()
         self._sleep = sleep
         # The name shows up in logs and errors: no credentials and no query string (tokens live there).
@@ -370,8 +375,10 @@ class WebhookSink:
             return
         async with self._lock:
             if self.batch:
-                body = b"[" + b",".join(action.to_json() for action in actions) + b"]"
-                await self._post(body, actions, delivered_before=0, total=len(actions))
+                for start in range(0, len(actions), self.max_batch_actions):
+                    chunk = actions[start : start + self.max_batch_actions]
+                    body = b"[" + b",".join(action.to_json() for action in chunk) + b"]"
+                    await self._post(body, chunk, delivered_before=start, total=len(actions))
                 return
             for index, action in enumerate(actions):
                 await self._post(action.to_json(), (action,), delivered_before=index, total=len(actions))
@@ -897,7 +904,7 @@ _SINK_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "jsonl": (frozenset({"path"}), frozenset({"fsync"})),
     "webhook": (
         frozenset({"url"}),
-        frozenset({"timeout_s", "headers", "max_attempts", "backoff_s", "max_backoff_s", "batch"}),
+        frozenset({"timeout_s", "headers", "max_attempts", "backoff_s", "max_backoff_s", "batch", "max_batch_actions"}),
     ),
     "kafka": (frozenset({"topic"}), frozenset({"config", "delivery_timeout_s"})),
     "rabbitmq": (
@@ -958,6 +965,7 @@ def build_sink(spec: Mapping[str, Any], kafka_connection: Mapping[str, Any] | No
                 backoff_s=_opt(spec, "backoff_s", (int, float), 0.5),
                 max_backoff_s=_opt(spec, "max_backoff_s", (int, float), 30),
                 batch=_opt(spec, "batch", bool, False),
+                max_batch_actions=_opt(spec, "max_batch_actions", int, 500),
                 name=name,
             )
         )
