@@ -52,6 +52,10 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
 def _each_partition(count: int, condition: str = "") -> str:
     """A WHERE clause matching ``count`` (topic, part) pairs, each with ``condition`` (parameters:
     topic, part and the condition's, per pair). An OR of terms, not a row-value IN: both databases
@@ -79,7 +83,6 @@ class SqlStore:
     """The state store over a :class:`Database` (the Store protocol of store/base.py)."""
 
     _lease_lock = ""  # appended to the lease check (PostgreSQL locks the rows until commit)
-    _version_query = "SELECT user_id, version FROM users WHERE brand = ? AND user_id IN ({users})"
     _VERSION_CHUNK = 400
     _PARTITION_CHUNK = 64  # partitions per outbox query (PostgreSQL allows 32767 parameters)
 
@@ -150,6 +153,20 @@ class SqlStore:
                 *(arg for topic, part in chunk for arg in (topic, part, horizon)),
             )
 
+    async def _user_rows(self, conn: Connection, keys: Sequence[UserKey], columns: str) -> list[tuple[Any, ...]]:
+        """``(brand, user_id, *columns)`` of the stored users among ``keys``: one query per brand and
+        chunk, each ``brand = ? AND user_id IN (...)``, primary-key lookups on both databases (SQLite
+        scans the table for a row-value IN over VALUES; one query per user is a round trip each)."""
+        found: list[tuple[Any, ...]] = []
+        for brand, users in _by_brand(keys).items():
+            for chunk in _chunks(users, self._VERSION_CHUNK):
+                rows = await conn.fetch(
+                    f"SELECT user_id, {columns} FROM users WHERE brand = ? AND user_id IN ({_placeholders(len(chunk))})",
+                    brand, *chunk,
+                )
+                found += [(brand, *row) for row in rows]
+        return found
+
     async def _lock_users(self, conn: Connection, keys: Sequence[UserKey]) -> None:
         """SQLite has one writer at a time (BEGIN IMMEDIATE): nothing more to lock."""
 
@@ -158,14 +175,8 @@ class SqlStore:
         expected = {(u.brand, u.user): u.version for u in users}
         keys = sorted(expected)
         await self._lock_users(conn, keys)
-        stored: dict[UserKey, int] = {}
-        # brand = ? AND user_id IN (...): primary-key lookups on both databases (SQLite scans the
-        # table for a row-value IN over VALUES).
-        for brand, users in _by_brand(keys).items():
-            for chunk in _chunks(users, self._VERSION_CHUNK):
-                sql = self._version_query.format(users=", ".join("?" for _ in chunk))
-                for user, version in await conn.fetch(sql, brand, *chunk):
-                    stored[(brand, user)] = int(version)
+        rows = await self._user_rows(conn, keys, "version")
+        stored = {(brand, user): int(version) for brand, user, version in rows}
         stale = [key for key, version in expected.items() if stored.get(key, 0) != version]
         if stale:
             raise ConflictError(stale)
@@ -235,19 +246,10 @@ class SqlStore:
     async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
         found: dict[UserKey, UserState] = {}
         async with self.connection() as conn:
-            # One round trip per brand and chunk, not per user: a batch misses the cache for
-            # hundreds of users at a time, and on PostgreSQL each query is a network round trip.
-            for brand, users in _by_brand(keys).items():
-                for chunk in _chunks(users, self._VERSION_CHUNK):
-                    rows = await conn.fetch(
-                        f"SELECT user_id, state, version FROM users WHERE brand = ? AND user_id IN "
-                        f"({', '.join('?' for _ in chunk)})",
-                        brand, *chunk,
-                    )
-                    for user, document, version in rows:
-                        state = UserState.from_json(bytes(document))
-                        state.version = int(version)
-                        found[(brand, user)] = state
+            for brand, user, document, version in await self._user_rows(conn, keys, "state, version"):
+                state = UserState.from_json(bytes(document))
+                state.version = int(version)
+                found[(brand, user)] = state
         return found
 
     async def handled(self, partition: PartitionId, message_keys: Sequence[str]) -> set[str]:
@@ -257,7 +259,7 @@ class SqlStore:
             for chunk in _chunks(list(message_keys), self._VERSION_CHUNK):
                 rows = await conn.fetch(
                     "SELECT message_key FROM handled_messages WHERE topic = ? AND part = ? AND message_key IN "
-                    f"({', '.join('?' for _ in chunk)})",
+                    f"({_placeholders(len(chunk))})",
                     topic, part, *chunk,
                 )
                 found.update(r[0] for r in rows)
@@ -343,7 +345,7 @@ class SqlStore:
     async def _cursors(self, conn: Connection, sinks: Sequence[str]) -> dict[tuple[str, str, int], int]:
         """(sink, topic, part) -> last delivered seq, for every partition these sinks delivered from."""
         rows = await conn.fetch(
-            f"SELECT sink, topic, part, last_seq FROM sink_cursors WHERE sink IN ({', '.join('?' for _ in sinks)})",
+            f"SELECT sink, topic, part, last_seq FROM sink_cursors WHERE sink IN ({_placeholders(len(sinks))})",
             *sinks,
         )
         return {(sink, topic, int(part)): int(seq) for sink, topic, part, seq in rows}
@@ -369,9 +371,9 @@ class SqlStore:
             for chunk in _chunks(partitions, self._PARTITION_CHUNK):
                 # Counted from the slowest sink's cursor of each partition.
                 slowest = [min((cursors.get((sink, *tp), 0) for sink in sinks), default=0) for tp in chunk]
-                where = " OR ".join("(topic = ? AND part = ? AND seq > ?)" for _ in chunk)
                 args = [arg for tp, after in zip(chunk, slowest, strict=True) for arg in (*tp, after)]
-                backlog += int((await conn.fetch(f"SELECT COUNT(*) FROM outbox WHERE {where}", *args))[0][0])
+                sql = f"SELECT COUNT(*) FROM outbox WHERE {_each_partition(len(chunk), ' AND seq > ?')}"
+                backlog += int((await conn.fetch(sql, *args))[0][0])
         return backlog
 
     async def prune_outbox(self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime) -> int:
