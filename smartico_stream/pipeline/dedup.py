@@ -38,6 +38,7 @@ import time
 from array import array
 from collections.abc import Callable
 from hashlib import blake2b
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -158,26 +159,29 @@ class DedupWindow:
     def entries(self) -> list[tuple[int, float]]:
         """(digest, first seen) pairs still inside the window, oldest first."""
         self._drop(self._clock(), self._size)
-        keys, times, head, size = self._keys, self._times, self._head, self._size
-        first = min(size, self._capacity - head)  # up to the end of the ring, then the wrapped part
-        pairs = list(zip(keys[head : head + first], times[head : head + first]))
-        pairs += zip(keys[: size - first], times[: size - first])
-        return pairs
+        runs = zip(self._live(self._keys), self._live(self._times), strict=True)
+        return [pair for keys, times in runs for pair in zip(keys, times, strict=True)]
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _insert(self, digest: int, first_seen: float) -> bool:
-        """The rare cases of an insert after a missed probe: digest 0 (True if it is already held),
-        no room (evict down to the bound, or grow), or a probe that ended on the last bucket (which
-        must stay empty: it is what stops every probe). False once the key is added."""
+    def _live(self, column: Any) -> tuple[Any, Any]:
+        """The held part of a ring column (an array or a memoryview of one), oldest first, in two
+        runs: from the head up to the end of the ring, then the part wrapped to its start."""
+        first = min(self._size, self._capacity - self._head)
+        return column[self._head : self._head + first], column[: self._size - first]
+
+    def _insert(self, digest: int, first_seen: float) -> None:
+        """The rare cases of an insert after a missed probe: digest 0 (nothing to do if it is already
+        held), no room (evict down to the bound, or grow), or a probe that ended on the last bucket
+        (which must stay empty: it is what stops every probe)."""
         if not digest and self._zero:
-            return True
+            return
         if not 0 <= digest < 1 << 64:  # before evicting anything for it (the ring would refuse it)
             raise OverflowError(f"a dedup digest is a 64-bit unsigned int, not {digest!r}")
         max_entries = self._max_entries
         if max_entries <= 0:  # the new key would be the oldest one over the bound, and go at once
             self.evicted += 1
-            return False
+            return
         if self._size >= max_entries:
             self._drop(None, max_entries - 1)
         elif self._size >= self._capacity:
@@ -191,7 +195,7 @@ class DedupWindow:
         self._size = size + 1
         if not digest:
             self._zero = True
-            return False
+            return
         # Deleting and rebuilding move digests between buckets: probe again for the first empty one.
         index = self._index
         bucket = digest % self._homes
@@ -203,7 +207,6 @@ class DedupWindow:
             # The cluster ran into the last spare bucket: rebuild with twice the spare buckets (the
             # new key is in the ring already, so the rebuild places it).
             self._rebuild(2 * (len(index) - self._homes))
-        return False
 
     def _drop(self, now: float | None, keep: int) -> None:
         """Drop the oldest keys while more than ``keep`` are held (evictions, counted) and then,
@@ -260,12 +263,10 @@ class DedupWindow:
         new_keys = array("Q", [0]) * grown
         new_times = array("d", [0.0]) * grown
         tail = capacity - head  # the ring is full: slots head .. end, then 0 .. head-1
-        with memoryview(new_keys) as dst, memoryview(keys) as src:
-            dst[:tail] = src[head:]
-            dst[tail:capacity] = src[:head]
-        with memoryview(new_times) as dst, memoryview(times) as src:
-            dst[:tail] = src[head:]
-            dst[tail:capacity] = src[:head]
+        for new, old in ((new_keys, keys), (new_times, times)):
+            with memoryview(new) as dst, memoryview(old) as src:
+                dst[:tail] = src[head:]
+                dst[tail:capacity] = src[:head]
         self._keys = new_keys
         self._times = new_times
         self._capacity = grown
@@ -278,9 +279,8 @@ class DedupWindow:
         ``spare`` more after them, of which the last is kept empty, so a probe never wraps around."""
         self._index = array("Q")  # let the old index go before the new one is allocated
         homes = 2 * self._capacity
-        first = min(self._size, self._capacity - self._head)  # up to the end of the ring, then from 0
         with memoryview(self._keys) as keys:
-            runs = (keys[self._head : self._head + first], keys[: self._size - first])
+            runs = self._live(keys)
             while True:
                 index = array("Q", [0]) * (homes + spare)
                 last = homes + spare - 1
