@@ -914,14 +914,30 @@ def _flat(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _applied(settings: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """The service's effective value of every overridden setting, read back from its Settings."""
-    applied: dict[str, Any] = {}
-    for path in _flat(overrides):
-        section, key = path.split(".", 1)
-        if key.startswith("config."):
-            applied[path] = getattr(settings, section).config.get(key.removeprefix("config."))
-        else:
-            applied[path] = getattr(getattr(settings, section), key)
-    return applied
+    return {path: _setting(settings, path) for path in _flat(overrides)}
+
+
+def _setting(settings: Any, path: str) -> Any:
+    """``section.key`` (or ``section.config.<property>``) of a Settings."""
+    section, key = path.split(".", 1)
+    if key.startswith("config."):
+        return getattr(settings, section).config.get(key.removeprefix("config."))
+    return getattr(getattr(settings, section), key)
+
+
+# The service settings every scenario leaves at their defaults (reported, read from the defaults).
+_DEFAULTS_KEPT = (
+    "kafka.batch_size", "kafka.poll_timeout_s", "kafka.statistics_interval_ms", "engine.state_cache_size",
+    "engine.full_gc_interval_s", "dedup.window_seconds", "dedup.max_entries", "outbox.batch_size",
+    "outbox.max_backlog", "store.sqlite_synchronous",
+)
+
+
+def _defaults_kept() -> dict[str, Any]:
+    from smartico_stream.config import load_settings
+
+    defaults = load_settings(environ={})
+    return {path: _setting(defaults, path) for path in _DEFAULTS_KEPT}
 
 
 def _timeline(first_at: float, commits: list[tuple[float, int]], slices: int = 10) -> list[dict[str, float]]:
@@ -1705,11 +1721,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
             "pii.keys_file": "ephemeral key ring",
             "logging.level": "ERROR",
         },
-        "service_defaults_kept": {"kafka.batch_size": 2000, "kafka.poll_timeout_s": 0.5,
-                                  "kafka.statistics_interval_ms": 5000, "engine.state_cache_size": 100_000,
-                                  "dedup.window_seconds": 120, "dedup.max_entries": 2_000_000,
-                                  "outbox.batch_size": 500, "outbox.max_backlog": 100_000,
-                                  "sqlite synchronous": "FULL", "jsonl fsync": True},
+        "service_defaults_kept": {**_defaults_kept(), "jsonl fsync": True},
     }
     if overrides:
         report["settings"]["service_overrides"]["--set"] = overrides
@@ -1755,7 +1767,6 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
     return report
 
 
-
 async def _run_scenarios(env: _Env, report: dict[str, Any], selected: frozenset[str] | None,
                          profile_path: Path | None) -> None:
     """Every scenario in order (only those in ``selected``, when given); results go into ``report``."""
@@ -1785,7 +1796,7 @@ async def _run_scenarios(env: _Env, report: dict[str, Any], selected: frozenset[
             say("pipeline_postgres: the service on PostgreSQL")
             # Profiled when it is the only pipeline scenario of the run (--only pipeline_postgres).
             scenarios["pipeline_postgres"] = await _guard(_scenario_pipeline(
-                env, "pipeline_postgres", "postgres", profile_path=None if wanted("pipeline") else profile_path))
+                env, "pipeline_postgres", "postgres", profile_path=None if chosen("pipeline") else profile_path))
         say(_line("pipeline_postgres", scenarios["pipeline_postgres"]))
     if chosen("latency"):
         rate = scenarios["pipeline"].get("events_per_s")
