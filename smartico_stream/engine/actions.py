@@ -7,7 +7,7 @@ deduplicate (delivery to sinks is at-least-once; the id makes it effectively onc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -94,16 +94,24 @@ class Action:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Action:
-        """The action :meth:`to_json` encoded; it keeps ``raw`` (as bytes) to send on unchanged."""
-        encoded = raw.encode() if isinstance(raw, str) else bytes(raw)
-        data = orjson.loads(encoded)
-        # Positional, with a dict lookup instead of the enum call in __post_init__: the relay
-        # decodes every outbox row it delivers, and this halves the cost.
-        return cls(
-            data["action_id"], data["rule_id"], _KINDS[data["action"]], data["params"], data["brand"], data["user"],
-            data["event_id"], data["event_type"], datetime.fromisoformat(data["event_time"]), data["execution"],
-            encoded,
-        )
+        """The action :meth:`to_json` encoded. It keeps ``raw`` (as bytes) to send on unchanged and
+        decodes it only when a field is first read: the relay reads back every outbox row it
+        delivers, and a sink that sends the stored bytes (JSONL, webhook) never reads a field."""
+        action = object.__new__(cls)
+        action.encoded = raw.encode() if isinstance(raw, str) else bytes(raw)
+        return action
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for a field not set yet, that is of an action from from_json: decode it once.
+        if name not in _DECODED_FIELDS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        data = orjson.loads(self.encoded)  # type: ignore[arg-type]
+        # A dict lookup instead of the enum call in __post_init__: half the cost.
+        self.action_id, self.rule_id, self.action = data["action_id"], data["rule_id"], _KINDS[data["action"]]
+        self.params, self.brand, self.user = data["params"], data["brand"], data["user"]
+        self.event_id, self.event_type = data["event_id"], data["event_type"]
+        self.event_time, self.execution = datetime.fromisoformat(data["event_time"]), data["execution"]
+        return getattr(self, name)
 
 
 def _time_text(moment: datetime) -> str:
@@ -135,3 +143,4 @@ def _jsonable(value: Any) -> Any:
 
 
 _KINDS = {kind.value: kind for kind in ActionKind}
+_DECODED_FIELDS = frozenset(f.name for f in fields(Action)) - {"encoded"}
