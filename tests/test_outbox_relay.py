@@ -376,6 +376,69 @@ def test_with_a_backlog_limit_of_one_consumption_resumes_once_the_sink_recovers(
     asyncio.run(scenario())
 
 
+@pytest.mark.kafka
+def test_partitions_assigned_while_paused_stay_paused_until_the_backlog_drains(
+    tmp_path: Path, make_settings: Any, producer: Any, run_service: Any, scrape: Any, broker: Any
+) -> None:
+    """A rebalance while backpressure holds: the other member leaves, so the paused member is
+    assigned partitions it never owned. Those must not be read either until the sinks catch up."""
+    topic = "relay-rebalance"
+    rules_path = tmp_path / "rules.yaml"
+    rules_path.write_text(RULES)
+    p = producer()
+    p.ensure_topics(topic)
+    partitions = len(broker.partitions(topic))
+    group = "relay-rebalance-group"
+    # See test_kafka_rebalance: the mock coordinator holds every rebalance for session.timeout.ms - 1 s.
+    kafka = {"batch_size": 20, "config": {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250}}
+    outbox = {"poll_interval_s": 0.05, "retry_backoff_s": 0.05, "max_backoff_s": 0.2}
+    store = SqliteStore(tmp_path / "state.db")
+    sink_a, sink_b = FlakySink("flaky", broken=True), FlakySink("flaky", broken=True)
+    service_a = Service(
+        make_settings(topics={"payments": [topic]}, group=group, kafka=kafka, outbox={**outbox, "max_backlog": 60},
+                      instance_id="A"),
+        store=store, rules=load_rules(rules_path), sinks=[sink_a],
+    )
+    service_b = Service(make_settings(topics={"payments": [topic]}, group=group, kafka=kafka, outbox=outbox,
+                                      instance_id="B"), rules=load_rules(rules_path), sinks=[sink_b])
+    users = [f"relay-user-{i}" for i in range(24)]
+
+    def send(numbers: range) -> None:
+        for n in numbers:
+            p.send(topic, users[n % len(users)], deposit(users[n % len(users)], n))
+        p.flush()
+
+    def consumed() -> int:
+        return service_a.stats.consumed + service_b.stats.consumed
+
+    async def scenario() -> None:
+        async with run_service(service_b) as running_b:
+            await running_b.wait_until(lambda: len(service_b.ownership.epochs) == partitions, "B's partitions")
+            async with run_service(service_a) as running_a:
+                await running_a.wait_until(
+                    lambda: service_a.ownership.epochs and len(service_b.ownership.epochs) < partitions,
+                    "A to take some of B's partitions", 60,
+                )
+                send(range(200))
+                await running_a.wait_until(lambda: consumed() == 200, "the first 200 records")
+                await running_a.wait_until(lambda: paused_metric(scrape, service_a) == 1.0, "A to pause", 10)
+                await running_b.stop()
+                await running_a.wait_until(lambda: len(service_a.ownership.epochs) == partitions,
+                                           "A to get B's partitions, which it never owned", 60)
+                read_by_a = service_a.stats.consumed
+
+                send(range(200, 400))
+                await asyncio.sleep(2.5)  # more than two backlog checks (one per second)
+                assert service_a.stats.consumed == read_by_a, "nothing is read while paused, from new partitions too"
+                assert paused_metric(scrape, service_a) == 1.0
+
+                sink_a.broken = False
+                await running_a.wait_until(lambda: consumed() == 400, "the remaining 200 records", 30)
+                await running_a.wait_until(lambda: len(set(sink_a.ids())) == 400, "all 400 actions delivered", 30)
+
+    asyncio.run(scenario())
+
+
 def test_stopping_the_relay_while_a_sink_is_down_does_not_wait_out_the_retry_backoff(tmp_path: Path) -> None:
     """The service stops its relay on SIGTERM, then calls ``drain(timeout_s=5)``. With a sink down the
     relay sleeps up to ``outbox.max_backoff_s`` (30 s by default) between attempts; neither the stop

@@ -83,6 +83,7 @@ class KafkaSource:
         self._batch_size = batch_size
         self._poll_timeout_s = poll_timeout_s
         self._assigned: set[PartitionId] = set()
+        self._paused = False
         self._handled: dict[PartitionId, int] = {}  # next offset to commit, per owned partition
         self._unacknowledged: dict[PartitionId, int] = {}  # committed but not yet acknowledged
         self._last_commit_attempt = 0.0
@@ -147,10 +148,13 @@ class KafkaSource:
         return records
 
     def pause(self) -> None:
-        """Stop fetching (keep polling, so the group membership stays alive)."""
+        """Stop fetching (keep polling, so the group membership stays alive), also from partitions
+        assigned while paused, until :meth:`resume`."""
+        self._paused = True
         self._consumer.pause([TopicPartition(t, p) for t, p in self._assigned])
 
     def resume(self) -> None:
+        self._paused = False
         self._consumer.resume([TopicPartition(t, p) for t, p in self._assigned])
 
     def commit(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> None:
@@ -191,6 +195,9 @@ class KafkaSource:
             if offset is not None:
                 tp.offset = offset  # the store, not the broker, knows what was applied
         consumer.incremental_assign(partitions)
+        if self._paused:
+            # A rebalance while backpressure holds: the new partitions must wait for resume() too.
+            consumer.pause(partitions)
         self._assigned.update(ids)
         self._metrics.rebalances.labels("assigned").inc()
         self._update_assignment_gauge()
