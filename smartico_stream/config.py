@@ -188,6 +188,11 @@ class OutboxSettings(_Section):
     # delivery is a store read and a cursor transaction, and at 500 the relay fell behind.
     batch_size: int = Field(default=5000, ge=1, description="most actions per delivery to a sink")
     poll_interval_s: float = Field(default=0.5, gt=0)
+    linger_s: float = Field(
+        default=0.05, ge=0,
+        description="after a commit wakes the relay, wait this long so that one delivery (one sink write, one "
+        "cursor transaction) carries the actions of several small batches (0: deliver at once)",
+    )
     max_backlog: int = Field(
         default=100_000, ge=1, description="undelivered actions at which consumption pauses until sinks catch up"
     )

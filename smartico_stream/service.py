@@ -180,7 +180,7 @@ class Service:
         self.failpoints = Failpoints.from_env()
         self.relay = OutboxRelay(
             self.store, sinks, lambda: dict(self.ownership.epochs), self.metrics,
-            batch_size=outbox.batch_size, poll_interval_s=outbox.poll_interval_s,
+            batch_size=outbox.batch_size, poll_interval_s=outbox.poll_interval_s, linger_s=outbox.linger_s,
             retry_backoff_s=outbox.retry_backoff_s, max_backoff_s=outbox.max_backoff_s,
             failpoints=self.failpoints, retention_s=outbox.retention_s, prune_interval_s=outbox.prune_interval_s,
         )

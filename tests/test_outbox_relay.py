@@ -439,6 +439,62 @@ def test_partitions_assigned_while_paused_stay_paused_until_the_backlog_drains(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(("linger_s", "deliveries"), [(1.0, 1), (0.0, 5)])
+def test_after_a_commit_wakes_it_the_relay_lingers_so_one_delivery_carries_several_commits(
+    tmp_path: Path, linger_s: float, deliveries: int
+) -> None:
+    """``outbox.linger_s``: at low load every batch is a few records, and delivering each batch on
+    its own costs a sink write and a cursor transaction per batch. Five commits within the linger
+    are one delivery; without a linger, each is its own."""
+
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        sink = FlakySink("gathered")
+        relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), poll_interval_s=60.0, linger_s=linger_s)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await asyncio.sleep(0.1)  # the relay found nothing and waits to be woken
+            for n in range(5):
+                await _commit_actions(store, epochs, range(2 * n, 2 * n + 2))
+                relay.wake()
+                await until(lambda: linger_s or len(sink.received) == 2 * n + 2, f"commit {n} delivered")
+            await until(lambda: len(sink.received) == 10, "all 10 actions delivered")
+            assert sink.calls == deliveries
+            assert [a.action_id for a in sink.received] == [a.action_id for a in await store.all_actions()]
+        finally:
+            stop.set()
+            relay.wake()
+            await asyncio.wait_for(task, 5)
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_stopping_the_relay_cuts_its_linger_short(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SqliteStore(tmp_path / "state.db")
+        await store.open()
+        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0], "me", 0.0)).items()}
+        relay = OutboxRelay(store, [FlakySink("slow")], lambda: dict(epochs), Metrics(), linger_s=3600.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await asyncio.sleep(0.1)
+            relay.wake()
+            await asyncio.sleep(0.1)  # lingering now
+            stop.set()
+            done, _ = await asyncio.wait({task}, timeout=3.0)
+            assert done, "the relay waited out its linger after the stop"
+        finally:
+            task.cancel()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
 def test_stopping_the_relay_while_a_sink_is_down_does_not_wait_out_the_retry_backoff(tmp_path: Path) -> None:
     """The service stops its relay on SIGTERM, then calls ``drain(timeout_s=5)``. With a sink down the
     relay sleeps up to ``outbox.max_backoff_s`` (30 s by default) between attempts; neither the stop

@@ -32,6 +32,7 @@ class OutboxRelay:
         metrics: Metrics,
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
+        linger_s: float = 0.0,
         retry_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         failpoints: Failpoints | None = None,
@@ -44,6 +45,7 @@ class OutboxRelay:
         self._metrics = metrics
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
+        self._linger_s = linger_s
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
         self._wake = asyncio.Event()
@@ -68,16 +70,21 @@ class OutboxRelay:
         self._stop = stop
         while not stop.is_set():
             await self._prune_when_due()
+            # Cleared before reading, not after: a commit that lands during this round wakes the next.
+            self._wake.clear()
             delivered_any = False
             for sink in self._sinks:
                 delivered_any |= await self._deliver_once(sink)
             if delivered_any:
                 continue  # there may be more
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
             except TimeoutError:
-                pass
+                continue
+            if self._linger_s:
+                # Woken by a commit. At low load batches are a few records each, and a delivery per
+                # batch would cost a sink write and a cursor transaction (an fsync each) per batch.
+                await self._pause(self._linger_s)
 
     async def drain(self, timeout_s: float) -> bool:
         """Deliver what is pending (used at shutdown); True when nothing is left. Never takes much
@@ -96,8 +103,8 @@ class OutboxRelay:
             self._deadline = None
 
     async def _pause(self, delay: float) -> None:
-        """Back off from a failing sink; cut short by shutdown (not by new work, which would hammer
-        the sink), and never past a drain's deadline."""
+        """Wait ``delay`` (a failing sink's backoff, or the linger after a wake-up); cut short by
+        shutdown (not by new work, which would hammer a failing sink), never past a drain's deadline."""
         if self._deadline is not None:
             delay = min(delay, max(0.0, self._deadline - asyncio.get_running_loop().time()))
         stop = self._stop
