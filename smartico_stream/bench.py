@@ -49,6 +49,7 @@ import array
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -374,6 +375,9 @@ def read_stream(path: Path) -> Iterator[tuple[int, int, bytes | None, bytes]]:
 
 # Slots of the array shared by the orchestrator, the cluster process and the consumer under test.
 PRODUCED, FLUSHED, FETCHED, READY, STARTED_AT, STOP, DONE, PACE_START = range(8)
+# The latency run is also reported per slice of this many seconds: the embedded cluster's cost grows
+# over a paced run (docs/performance.md, Latency), and the tail with it.
+LATENCY_SLICE_S = 10
 _SLOTS = 8
 
 
@@ -870,8 +874,13 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
     if applied:
         result["settings_applied"] = applied
     if probe.latency:
-        start_ms = (shared[PACE_START] + params.get("warmup_s", 0.0)) * 1000.0
+        paced_ms = shared[PACE_START] * 1000.0
+        start_ms = paced_ms + params.get("warmup_s", 0.0) * 1000.0
         counted = [(total, before) for ts, total, before in probe.samples if ts >= start_ms]
+        by_slice: dict[int, list[float]] = {}
+        for ts, total, _ in probe.samples:
+            if ts >= start_ms:
+                by_slice.setdefault(int((ts - paced_ms) // (LATENCY_SLICE_S * 1000)), []).append(total)
         kept = sorted(total for total, _ in counted)
         before_fetch = sorted(before for _, before in counted)
         in_service = sorted(total - before for total, before in counted)
@@ -896,6 +905,8 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
             if probe.batches else None,
             "batch_fetch_to_commit_ms_p50": _percentile(sorted(ms for _, ms in probe.batches), 0.50),
             "batch_fetch_to_commit_ms_max": round(max(ms for _, ms in probe.batches), 2) if probe.batches else None,
+            # the tail over the run, to set beside the embedded cluster's CPU (see _scenario_pipeline)
+            f"p99_ms_per_{LATENCY_SLICE_S}s": [_percentile(sorted(by_slice[k]), 0.99) for k in sorted(by_slice)],
         }
     return result
 
@@ -1247,11 +1258,14 @@ async def _scenario_pipeline(env: _Env, name: str, store: str, stream: Path | No
         params["profile"] = str(profile_path)
     params["overrides"] = _merged(env.overrides, overrides or {})
     env.cluster.start_call("produce", production_args)
+    cluster_cpu = asyncio.create_task(_sample_cpu(env.cluster.process.pid)) if latency_rate is not None else None
     try:
         try:
             result = await env.run_worker("pipeline", params, 2400)
         finally:
             production = await env.cluster.call_result("produce", 120)  # the worker's end set STOP
+            if cluster_cpu is not None:
+                cluster_cpu.cancel()
     finally:
         if schema is not None:
             await _drop_pg_schemas(env.pg_dsn, [schema, f"{schema}_pii"])
@@ -1265,7 +1279,36 @@ async def _scenario_pipeline(env: _Env, name: str, store: str, stream: Path | No
             produced_for_s=production["paced_s"],
             warmup_s=env.profile.latency_warmup_s,
         )
+        assert cluster_cpu is not None
+        samples = await asyncio.gather(cluster_cpu, return_exceptions=True)
+        result["latency"][f"cluster_cpu_cores_per_{LATENCY_SLICE_S}s"] = _cores_per_slice(
+            samples[0] if isinstance(samples[0], list) else [], env.shared[PACE_START], production["paced_s"] or 0.0)
     return result
+
+
+async def _sample_cpu(pid: int) -> list[tuple[float, float]]:
+    """(wall time, CPU seconds) of a process twice a second, until cancelled; the list so far."""
+    samples: list[tuple[float, float]] = []
+    try:
+        while True:
+            samples.append((time.time(), _proc_stat(pid)[0]))
+            await asyncio.sleep(0.5)
+    except asyncio.CancelledError:
+        return samples
+
+
+def _cores_per_slice(samples: list[tuple[float, float]], start: float, seconds: float) -> list[float | None]:
+    """Cores used in each LATENCY_SLICE_S slice of ``seconds`` from ``start``, from CPU samples."""
+    slices: list[float | None] = []
+    for first in range(0, max(1, math.ceil(seconds / LATENCY_SLICE_S))):
+        lo, hi = start + first * LATENCY_SLICE_S, start + (first + 1) * LATENCY_SLICE_S
+        inside = [s for s in samples if lo <= s[0] <= hi]
+        if len(inside) < 2:
+            slices.append(None)
+            continue
+        (t0, c0), (t1, c1) = inside[0], inside[-1]
+        slices.append(round((c1 - c0) / (t1 - t0), 2) if t1 > t0 else None)
+    return slices
 
 
 # -- PostgreSQL and RabbitMQ availability ------------------------------------------------------------
@@ -1965,6 +2008,10 @@ def _overall(report: dict[str, Any], profile: Profile) -> None:
 # -- output ------------------------------------------------------------------------------------------
 
 
+def _series(values: list[float | None] | None, digits: int) -> str:
+    return " / ".join(_fmt(v, digits) for v in values or []) or "-"
+
+
 def _fmt(value: Any, digits: int = 0) -> str:
     if value is None:
         return "-"
@@ -2017,7 +2064,9 @@ def render_table(report: dict[str, Any]) -> str:
         *([(f"  batches of {_fmt(latency.get('batch_records_mean'), 0)} records on average, "
              f"{_fmt(latency.get('batch_fetch_to_commit_ms_p50'), 1)} ms from fetch to commit (median)"),
            (f"  p99 split: {_fmt(latency.get('before_fetch_ms_p99'), 1)} ms before the fetch, "
-            f"{_fmt(latency.get('fetch_to_commit_ms_p99'), 1)} ms fetch to commit")]
+            f"{_fmt(latency.get('fetch_to_commit_ms_p99'), 1)} ms fetch to commit"),
+           (f"  per {LATENCY_SLICE_S} s: p99 {_series(latency.get(f'p99_ms_per_{LATENCY_SLICE_S}s'), 0)} ms; "
+            f"embedded cluster + producer {_series(latency.get(f'cluster_cpu_cores_per_{LATENCY_SLICE_S}s'), 2)} cores")]
           if latency.get("batches") else []),
         f"peak RSS (pipeline)       {_fmt(report['peak_rss_mb'], 0)} MB",
         f"dedup bytes per key       {_fmt(report['dedup_bytes_per_key'], 1)}"

@@ -6,6 +6,7 @@ rate or a latency: the machine running the suite decides those."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -120,6 +121,11 @@ def test_the_overall_figures_are_measured(report: dict[str, Any]) -> None:
     # The split of each record's latency adds up: neither part is negative, none exceeds the whole.
     for part in ("before_fetch_ms", "fetch_to_commit_ms"):
         assert 0 <= latency[f"{part}_p50"] <= latency[f"{part}_p99"] <= latency["max_ms"], part
+    # Per 10 s of the paced run: the tail, and the embedded cluster's (and producer's) CPU beside it.
+    assert latency["p99_ms_per_10s"] and all(0 < p99 <= latency["max_ms"] for p99 in latency["p99_ms_per_10s"])
+    cluster = latency["cluster_cpu_cores_per_10s"]
+    assert len(cluster) == math.ceil(latency["produced_for_s"] / 10)
+    assert cluster[0] is not None and all(cores is None or cores >= 0 for cores in cluster)
     dedup = report["dedup"]
     assert dedup["keys"] > 0 and dedup["tracemalloc"]["bytes_per_key"] > 0
 
