@@ -1727,13 +1727,15 @@ def _skeleton(profile: Profile) -> dict[str, Any]:
 async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: str | None = None,
                     rabbitmq_url: str | None = None, profile_path: Path | None = None,
                     only: Collection[str] | None = None,
-                    overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                    overrides: dict[str, dict[str, Any]] | None = None,
+                    latency_rate: float | None = None) -> dict[str, Any]:
     """Run every scenario once; return the report (the JSON of ``smartico-stream bench --json``).
 
     Every key is present: a scenario that could not run holds ``{"skipped": reason}``, one that
     failed ``{"error": message}``; ``complete`` is True when every scenario that ran handled every
     record it was given. ``only`` runs just the named parts (:data:`PARTS`); ``overrides``
-    (``{section: {key: value}}``) change the service's settings in every scenario that runs it."""
+    (``{section: {key: value}}``) change the service's settings in every scenario that runs it;
+    ``latency_rate`` paces the latency part (records/s) instead of half the pipeline's rate."""
     profile = QUICK if quick else FULL
     selected = frozenset(only) if only else None
     unknown = sorted((selected or frozenset()) - set(PARTS))
@@ -1772,6 +1774,9 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
     if selected is not None:
         report["settings"]["only"] = sorted(selected)
         report["command"] += "".join(f" --only {part}" for part in sorted(selected))
+    if latency_rate is not None:
+        report["settings"]["latency_rate"] = latency_rate
+        report["command"] += f" --latency-rate {latency_rate:g}"
     if profile_path is not None:
         report["notes"].append("--profile: pyinstrument sampled the service process of the pipeline scenario (of "
                                "pipeline_postgres when it ran alone), which slows it; do not quote that run's "
@@ -1797,7 +1802,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
                    overrides or {})
         try:
             await cluster.start()
-            await _run_scenarios(env, report, selected, profile_path)
+            await _run_scenarios(env, report, selected, profile_path, latency_rate)
         finally:
             await cluster.close()
     _overall(report, profile)
@@ -1811,7 +1816,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
 
 
 async def _run_scenarios(env: _Env, report: dict[str, Any], selected: frozenset[str] | None,
-                         profile_path: Path | None) -> None:
+                         profile_path: Path | None, latency_rate: float | None = None) -> None:
     """Every scenario in order (only those in ``selected``, when given); results go into ``report``."""
     profile, say, scenarios = env.profile, env.say, report["scenarios"]
 
@@ -1843,15 +1848,18 @@ async def _run_scenarios(env: _Env, report: dict[str, Any], selected: frozenset[
         say(_line("pipeline_postgres", scenarios["pipeline_postgres"]))
     if chosen("latency"):
         rate = scenarios["pipeline"].get("events_per_s")
-        if rate:
-            say(f"latency: paced at half the pipeline's rate, {rate / 2:,.0f} records/s for {profile.latency_seconds:g} s")
-            measured = await _guard(_scenario_pipeline(env, "latency", "sqlite", latency_rate=rate / 2))
+        paced = latency_rate or (rate / 2 if rate else None)
+        if paced:
+            pace = "at --latency-rate" if latency_rate else "at half the pipeline's rate"
+            say(f"latency: paced {pace}, {paced:,.0f} records/s for {profile.latency_seconds:g} s")
+            measured = await _guard(_scenario_pipeline(env, "latency", "sqlite", latency_rate=paced))
             report["latency"] = _latency_report(measured)
             report["p50_latency_ms"] = report["latency"].get("p50_ms")
             report["p99_latency_ms"] = report["latency"].get("p99_ms")
             say(f"  p50 {report['p50_latency_ms']} ms  p99 {report['p99_latency_ms']} ms")
         else:
-            report["latency"] = {"skipped": "the pipeline scenario measured no rate (latency runs at half of it)"}
+            report["latency"] = {"skipped": "the pipeline scenario measured no rate (latency runs at half of it, "
+                                            "or at --latency-rate)"}
     else:
         report["latency"] = {"skipped": "not selected (--only)"}
     rabbit = [(name, pipeline) for name, pipeline in (("rabbitmq_raw", False), ("rabbitmq_pipeline", True)) if wanted(name)]
@@ -2107,6 +2115,10 @@ def bench_command(
     only: Annotated[list[str] | None, typer.Option(
         "--only", help=f"run only these parts (repeatable): {', '.join(PARTS)}"
     )] = None,
+    latency_rate: Annotated[float | None, typer.Option(
+        min=1.0, help="pace the latency part at this many records/s instead of half the pipeline's measured rate "
+                      "(then --only latency runs without the pipeline part)"
+    )] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="a service setting for every scenario that runs the service (repeatable), "
         "e.g. --set store.sqlite_synchronous=NORMAL --set kafka.batch_size=5000"
@@ -2137,7 +2149,7 @@ def bench_command(
     except ConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--set") from None
     report = uvloop.run(run_bench(quick, progress, pg_dsn=postgres_dsn, rabbitmq_url=rabbitmq_url,
-                                  profile_path=profile, only=only, overrides=overrides))
+                                  profile_path=profile, only=only, overrides=overrides, latency_rate=latency_rate))
     if json:
         typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode())
     else:

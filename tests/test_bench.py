@@ -154,10 +154,23 @@ def test_only_and_set_run_the_chosen_parts_with_the_settings_the_service_reads_b
     assert "--set store.sqlite_synchronous=NORMAL" in report["command"] and "--only pipeline" in report["command"]
 
 
+def test_latency_rate_paces_the_latency_part_without_the_pipeline_part() -> None:
+    completed = run_bench("--quick", "--json", "--only", "latency", "--latency-rate", "800")
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-3000:]
+    report = json.loads(completed.stdout)
+    assert report["scenarios"]["pipeline"] == {"skipped": "not selected (--only)"}
+    latency = report["latency"]
+    assert latency["complete"] is True and latency["records"] == latency["expected_records"] > 0
+    assert latency["target_rate_per_s"] == 800 and latency["samples"] > 0
+    assert report["settings"]["latency_rate"] == 800
+    assert "--latency-rate 800" in report["command"] and "--only latency" in report["command"]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (("--only", "pipelines"), "unknown part(s) pipelines; choose from raw, pipeline,"),
     (("--set", "store.sqlite_synchronous=OFF"), "store.sqlite_synchronous: Input should be 'FULL', 'NORMAL' or 'EXTRA'"),
     (("--set", "batch_size"), "expected section.key=value"),
+    (("--latency-rate", "0"), "Invalid value for '--latency-rate': Input should be greater than or equal to 1"),
 ])
 def test_a_bad_only_or_set_is_refused_before_anything_starts(args: tuple[str, ...], message: str) -> None:
     completed = run_bench("--quick", *args, timeout=60)
