@@ -1922,6 +1922,7 @@ def _latency_report(measured: dict[str, Any]) -> dict[str, Any]:
         wall_s=measured.get("wall_s"),
         load_avg_1m=measured.get("load_avg_1m"),
         peak_rss_mb=measured.get("peak_rss_mb"),
+        cpu_cores_used=measured.get("cpu_cores_used"),  # the service's, at this rate
         records=measured.get("records"), expected_records=measured.get("expected_records"),
         complete=measured.get("complete"),
         method="per record: Kafka CreateTime (ms, stamped by the producer) to the wall clock when the store "
