@@ -1300,7 +1300,7 @@ async def _sample_cpu(pid: int) -> list[tuple[float, float]]:
 def _cores_per_slice(samples: list[tuple[float, float]], start: float, seconds: float) -> list[float | None]:
     """Cores used in each LATENCY_SLICE_S slice of ``seconds`` from ``start``, from CPU samples."""
     slices: list[float | None] = []
-    for first in range(0, max(1, math.ceil(seconds / LATENCY_SLICE_S))):
+    for first in range(max(1, math.ceil(seconds / LATENCY_SLICE_S))):
         lo, hi = start + first * LATENCY_SLICE_S, start + (first + 1) * LATENCY_SLICE_S
         inside = [s for s in samples if lo <= s[0] <= hi]
         if len(inside) < 2:
