@@ -876,10 +876,11 @@ async def _pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
     if probe.latency:
         paced_ms = shared[PACE_START] * 1000.0
         start_ms = paced_ms + params.get("warmup_s", 0.0) * 1000.0
-        counted = [(total, before) for ts, total, before in probe.samples if ts >= start_ms]
+        counted: list[tuple[float, float]] = []
         by_slice: dict[int, list[float]] = {}
-        for ts, total, _ in probe.samples:
+        for ts, total, before in probe.samples:
             if ts >= start_ms:
+                counted.append((total, before))
                 by_slice.setdefault(int((ts - paced_ms) // (LATENCY_SLICE_S * 1000)), []).append(total)
         kept = sorted(total for total, _ in counted)
         before_fetch = sorted(before for _, before in counted)
@@ -1258,14 +1259,17 @@ async def _scenario_pipeline(env: _Env, name: str, store: str, stream: Path | No
         params["profile"] = str(profile_path)
     params["overrides"] = _merged(env.overrides, overrides or {})
     env.cluster.start_call("produce", production_args)
-    cluster_cpu = asyncio.create_task(_sample_cpu(env.cluster.process.pid)) if latency_rate is not None else None
+    cluster_cpu: list[tuple[float, float]] = []
+    sampler = None
+    if latency_rate is not None:
+        sampler = asyncio.create_task(_sample_cpu(env.cluster.process.pid, cluster_cpu))
     try:
         try:
             result = await env.run_worker("pipeline", params, 2400)
         finally:
             production = await env.cluster.call_result("produce", 120)  # the worker's end set STOP
-            if cluster_cpu is not None:
-                cluster_cpu.cancel()
+            if sampler is not None:
+                sampler.cancel()
     finally:
         if schema is not None:
             await _drop_pg_schemas(env.pg_dsn, [schema, f"{schema}_pii"])
@@ -1279,22 +1283,16 @@ async def _scenario_pipeline(env: _Env, name: str, store: str, stream: Path | No
             produced_for_s=production["paced_s"],
             warmup_s=env.profile.latency_warmup_s,
         )
-        assert cluster_cpu is not None
-        samples = await asyncio.gather(cluster_cpu, return_exceptions=True)
         result["latency"][f"cluster_cpu_cores_per_{LATENCY_SLICE_S}s"] = _cores_per_slice(
-            samples[0] if isinstance(samples[0], list) else [], env.shared[PACE_START], production["paced_s"] or 0.0)
+            cluster_cpu, env.shared[PACE_START], production["paced_s"] or 0.0)
     return result
 
 
-async def _sample_cpu(pid: int) -> list[tuple[float, float]]:
-    """(wall time, CPU seconds) of a process twice a second, until cancelled; the list so far."""
-    samples: list[tuple[float, float]] = []
-    try:
-        while True:
-            samples.append((time.time(), _proc_stat(pid)[0]))
-            await asyncio.sleep(0.5)
-    except asyncio.CancelledError:
-        return samples
+async def _sample_cpu(pid: int, samples: list[tuple[float, float]]) -> None:
+    """Append (wall time, CPU seconds) of a process to ``samples`` twice a second, until cancelled."""
+    while True:
+        samples.append((time.time(), _proc_stat(pid)[0]))
+        await asyncio.sleep(0.5)
 
 
 def _cores_per_slice(samples: list[tuple[float, float]], start: float, seconds: float) -> list[float | None]:
