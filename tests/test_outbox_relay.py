@@ -110,6 +110,15 @@ async def until(predicate: Callable[[], bool], what: str, timeout_s: float = 20.
 # -- the relay over a store -------------------------------------------------------------------------
 
 
+async def _owned_store(
+    tmp_path: Path, partitions: Sequence[tuple[str, int]] = (P0, P1)
+) -> tuple[SqliteStore, dict[tuple[str, int], int]]:
+    """An open store, with this member holding the leases of ``partitions``: their epochs."""
+    store = SqliteStore(tmp_path / "state.db")
+    await store.open()
+    return store, {tp: lease.epoch for tp, lease in (await store.acquire(list(partitions), "me", 0.0)).items()}
+
+
 async def _commit_actions(store: SqliteStore, epochs: dict[tuple[str, int], int], numbers: range) -> None:
     # Interleaved partitions: the global seq order mixes them, per-partition order must still hold.
     await store.commit(BatchWrite(
@@ -121,9 +130,7 @@ def test_a_failing_sink_delays_actions_without_losing_them_and_delivers_all_in_o
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "state.db")
-        await store.open()
-        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        store, epochs = await _owned_store(tmp_path)
         for start in (0, 10, 20):
             await _commit_actions(store, epochs, range(start, start + 10))
 
@@ -181,9 +188,7 @@ def test_a_failing_sink_delays_actions_without_losing_them_and_delivers_all_in_o
 
 def test_the_relay_prunes_what_every_sink_delivered_once_it_is_older_than_the_retention(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "state.db")
-        await store.open()
-        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        store, epochs = await _owned_store(tmp_path)
         await _commit_actions(store, epochs, range(0, 12))
         fast, slow = FlakySink("fast"), FlakySink("slow", broken=True)
         metrics = Metrics()
@@ -212,9 +217,7 @@ def test_a_partial_delivery_is_resent_so_the_receiver_sees_repeats_but_no_gap_an
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "state.db")
-        await store.open()
-        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        store, epochs = await _owned_store(tmp_path)
         await _commit_actions(store, epochs, range(0, 25))
         sink = FlakySink()
         sink.fail_after = 3
@@ -448,9 +451,7 @@ def test_after_a_commit_wakes_it_the_relay_lingers_so_one_delivery_carries_sever
     are one delivery; without a linger, each is its own."""
 
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "state.db")
-        await store.open()
-        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        store, epochs = await _owned_store(tmp_path)
         sink = FlakySink("gathered")
         relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), poll_interval_s=60.0, linger_s=linger_s)
         stop = asyncio.Event()
@@ -475,9 +476,7 @@ def test_after_a_commit_wakes_it_the_relay_lingers_so_one_delivery_carries_sever
 
 def test_stopping_the_relay_cuts_its_linger_short(tmp_path: Path) -> None:
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "state.db")
-        await store.open()
-        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0], "me", 0.0)).items()}
+        store, epochs = await _owned_store(tmp_path, [P0])
         relay = OutboxRelay(store, [FlakySink("slow")], lambda: dict(epochs), Metrics(), linger_s=3600.0)
         stop = asyncio.Event()
         task = asyncio.create_task(relay.run(stop))
@@ -502,9 +501,7 @@ def test_stopping_the_relay_while_a_sink_is_down_does_not_wait_out_the_retry_bac
     and is SIGKILLed."""
 
     async def scenario() -> None:
-        store = SqliteStore(tmp_path / "state.db")
-        await store.open()
-        epochs = {tp: lease.epoch for tp, lease in (await store.acquire([P0, P1], "me", 0.0)).items()}
+        store, epochs = await _owned_store(tmp_path)
         await _commit_actions(store, epochs, range(0, 5))
         sink = FlakySink("down", broken=True)
         relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), retry_backoff_s=3600.0,
