@@ -6,12 +6,15 @@ unsigned 64-bit values stored as signed BIGINT (see :func:`to_signed`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 Dialect = Literal["sqlite", "postgres"]
-Migrations = Sequence[tuple[int, str]]  # (version, script); append only
+# (version, script); append only. A script is shared by both dialects or, when they must differ
+# (SQLite cannot drop a constraint without rebuilding the table), given per dialect.
+Script = str | Mapping[Dialect, str]
+Migrations = Sequence[tuple[int, Script]]
 
 _TYPES = {
     "sqlite": {"SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB": "BLOB", "FLOAT": "REAL"},
@@ -19,7 +22,7 @@ _TYPES = {
 }
 
 # Append only: a released migration is never edited.
-STATE_MIGRATIONS: list[tuple[int, str]] = [
+STATE_MIGRATIONS: list[tuple[int, Script]] = [
     (
         1,
         """
@@ -110,15 +113,52 @@ STATE_MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX handled_partition_age ON handled_messages (topic, part, handled_at);
         """,
     ),
+    (
+        3,
+        # The outbox no longer indexes action ids. The engine never writes an id twice (a batch
+        # commits with its source offsets, so it is never redone after it landed) and receivers
+        # deduplicate by id anyway, since delivery is at-least-once (docs/sinks.md). A unique index
+        # on that random 60-byte key was two thirds of the outbox's write time on SQLite and a third
+        # on PostgreSQL (docs/performance.md).
+        {
+            # Rebuilt: SQLite cannot drop a column's UNIQUE. The AUTOINCREMENT high-water mark is
+            # carried over, so a seq is never reused even when the outbox was pruned empty (the sinks'
+            # cursors point past every seq ever handed out).
+            "sqlite": """
+            CREATE TABLE outbox_v3 (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                action_id TEXT NOT NULL,
+                topic TEXT NOT NULL,
+                part INTEGER NOT NULL,
+                brand TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                rule_id TEXT NOT NULL,
+                body BLOB NOT NULL,
+                created_at TEXT NOT NULL
+            );
+            INSERT INTO outbox_v3 (seq, action_id, topic, part, brand, user_id, rule_id, body, created_at)
+                SELECT seq, action_id, topic, part, brand, user_id, rule_id, body, created_at FROM outbox;
+            DELETE FROM sqlite_sequence WHERE name = 'outbox_v3';
+            INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v3', seq FROM sqlite_sequence WHERE name = 'outbox';
+            DROP TABLE outbox;
+            ALTER TABLE outbox_v3 RENAME TO outbox;
+            CREATE INDEX outbox_partition ON outbox (topic, part, seq);
+            """,
+            "postgres": """
+            ALTER TABLE outbox DROP CONSTRAINT outbox_action_id_key;
+            """,
+        },
+    ),
 ]
 
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 
-def statements(script: str, dialect: Dialect) -> list[str]:
-    """The script's statements with the dialect's column types filled in."""
+def statements(script: Script, dialect: Dialect) -> list[str]:
+    """The script's statements for ``dialect``, with its column types filled in."""
+    text = script if isinstance(script, str) else script[dialect]
     types = _TYPES[dialect]
-    return [s.strip().format(**types) for s in script.split(";") if s.strip()]
+    return [s.strip().format(**types) for s in text.split(";") if s.strip()]
 
 
 class _Database(Protocol):

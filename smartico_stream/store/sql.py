@@ -199,7 +199,7 @@ class SqlStore:
             if batch.actions:
                 await conn.executemany(
                     "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (action_id) DO NOTHING",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (q.action.action_id, q.partition[0], q.partition[1], q.action.brand, q.action.user,
                          q.action.rule_id, q.action.to_json(), now)
