@@ -171,6 +171,10 @@ class StoreSettings(_Section):
         description="SQLite fsync policy (WAL): FULL syncs every commit; NORMAL survives a process crash but a "
         "power loss may undo the last commits, which are then redone from the stored offsets",
     )
+    history_retention_s: float = Field(
+        default=30 * 86_400.0, ge=0,
+        description="rule execution history is deleted this long after it was recorded (0: kept forever)",
+    )
 
 
 class EngineSettings(_Section):

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from cachetools import LRUCache
 
@@ -54,6 +55,11 @@ from smartico_stream.transports import transport_for
 log = get_logger(__name__)
 
 _RETRY_S = (0.2, 0.5, 1, 2, 5, 10)
+# Expired history is deleted between batches, this many rows at a time (tens of milliseconds on
+# SQLite, so batches keep flowing), again at the next turn while there is more, else after the
+# interval.
+_HISTORY_PRUNE_ROWS = 5_000
+_HISTORY_PRUNE_INTERVAL_S = 60.0
 _BACKLOG_CHECK_EVERY_S = 1.0
 
 
@@ -190,6 +196,7 @@ class Service:
         self._log_limiter = RateLimiter()
         self._paused = False
         self._backlog_checked_at = 0.0
+        self._history_prune_due = 0.0
 
     @property
     def paused(self) -> bool:
@@ -221,6 +228,7 @@ class Service:
                 else:
                     await self.transport.idle()
                 self.metrics.dedup_keys.set(self.ownership.dedup_size())
+                await self._prune_history_when_due()
                 if relay_task.done():
                     relay_task.result()  # a relay crash is a service crash, not a silent stall
         finally:
@@ -239,6 +247,15 @@ class Service:
                 self.metrics_server.stop()
             self._heap.close()
             log.info("stopped", consumed=self.stats.consumed, dead_lettered=self.stats.dead_lettered)
+
+    async def _prune_history_when_due(self) -> None:
+        retention = self.settings.store.history_retention_s
+        now = time.monotonic()
+        if not retention or now < self._history_prune_due:
+            return
+        deleted = await self.store.prune_history(datetime.now(UTC) - timedelta(seconds=retention), _HISTORY_PRUNE_ROWS)
+        self.metrics.history_pruned.inc(deleted)
+        self._history_prune_due = now if deleted else now + _HISTORY_PRUNE_INTERVAL_S
 
     # one batch ---------------------------------------------------------------------------------
 

@@ -610,6 +610,30 @@ async def test_history_filters_by_brand_user_and_rule(store: Any) -> None:
     assert await store.history(user="nobody") == []
 
 
+async def test_prune_history_deletes_from_the_oldest_what_was_recorded_before_the_horizon(store: Any) -> None:
+    epochs = await epochs_for(store, P0)
+    entries = [history(n) for n in range(6)]
+    await store.commit(BatchWrite(epochs=epochs, history=entries))
+    # Rows 1-4 (seq order) were recorded 40 days ago; row 0 by a member whose clock ran a day ahead.
+    old, ahead = (datetime.now(UTC) - timedelta(days=d) for d in (40, -1))
+    seqs = [seq for (seq,) in await rows(store, "SELECT seq FROM history ORDER BY seq")]
+    async with store.transaction() as conn:
+        await conn.execute("UPDATE history SET recorded_at = ? WHERE seq > ? AND seq < ?",
+                           old.isoformat(timespec="milliseconds"), seqs[0], seqs[5])
+        await conn.execute("UPDATE history SET recorded_at = ? WHERE seq = ?",
+                           ahead.isoformat(timespec="milliseconds"), seqs[0])
+    horizon = datetime.now(UTC) - timedelta(days=30)
+
+    # At most `limit` seqs from the oldest row per call: the early-stamped row holds its place.
+    assert await store.prune_history(horizon, limit=3) == 2
+    assert await store.history() == [entries[0], entries[3], entries[4], entries[5]]
+    assert await store.prune_history(horizon, limit=100) == 2
+    assert await store.history() == [entries[0], entries[5]]
+    assert await store.prune_history(horizon, limit=100) == 0  # nothing else is due
+    assert await store.prune_history(datetime.now(UTC) + timedelta(days=2), limit=100) == 2
+    assert await store.prune_history(horizon, limit=100) == 0  # an empty table
+
+
 # -- PostgreSQL: members racing ---------------------------------------------------------------------
 
 
@@ -744,3 +768,4 @@ async def test_the_sqlite_sync_mode_comes_from_the_settings(tmp_path: Path, mode
         assert await rows(store, "PRAGMA synchronous") == [(pragma,)]
     finally:
         await store.close()
+

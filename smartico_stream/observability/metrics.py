@@ -135,6 +135,10 @@ class Metrics:
             "smartico_stream_outbox_pruned", "Delivered actions deleted from the outbox after outbox.retention_s",
             registry=r,
         )
+        self.history_pruned = Counter(
+            "smartico_stream_history_pruned", "Rule execution history rows deleted after store.history_retention_s",
+            registry=r,
+        )
         self.outbox_backlog = Gauge(
             "smartico_stream_outbox_backlog", "Committed actions not yet delivered to every sink (owned partitions)",
             registry=r,

@@ -118,6 +118,10 @@ class Store(Protocol):
         """Delete rows of these partitions that every one of ``sinks`` has delivered and that were
         committed before ``committed_before``; the number deleted. With no sinks, nothing."""
 
+    async def prune_history(self, recorded_before: datetime, limit: int) -> int:
+        """Delete history rows recorded before ``recorded_before``, from the oldest, at most
+        ``limit`` of them; the number deleted (0: none of the oldest is due yet)."""
+
     async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
                       limit: int = 1000) -> list[HistoryEntry]: ...
 

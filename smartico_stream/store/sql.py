@@ -391,6 +391,22 @@ class SqlStore:
                     )
         return deleted
 
+    # history -----------------------------------------------------------------------------------
+
+    async def prune_history(self, recorded_before: datetime, limit: int) -> int:
+        async with self.transaction() as conn:
+            oldest = (await conn.fetch("SELECT MIN(seq) FROM history"))[0][0]
+            if oldest is None:
+                return 0
+            # A range of seqs from the oldest row, not "recorded_at < ?" alone: recorded_at has no
+            # index (it would cost one more entry per row written), so that alone would walk the
+            # whole table to find, most of the time, nothing. Rows are numbered as they are written,
+            # so the range holds the oldest; a row stamped late by a member whose clock ran ahead
+            # holds the range back by that skew, no more.
+            return await conn.execute_count(
+                "DELETE FROM history WHERE seq < ? AND recorded_at < ?", int(oldest) + limit, _iso(recorded_before)
+            )
+
     # inspection --------------------------------------------------------------------------------
 
     async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
