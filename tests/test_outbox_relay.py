@@ -3,6 +3,8 @@
 - A failing sink delays actions without losing them; once it recovers every action is delivered, in
   outbox order per partition (first the relay alone over a store, with a real JSONL sink whose
   directory cannot be created and later can, and a sink double that fails half-way through a batch).
+- Each sink has its own delivery loop: one waiting out a long backoff holds back neither the other
+  sinks nor shutdown; a sink raising something other than SinkError stops the relay with that error.
 - The service in-process: while its sink is down the outbox backlog grows to ``outbox.max_backlog``,
   consumption pauses (``smartico_stream_consumption_paused 1``, nothing more is read), and after the
   sink recovers the backlog drains, consumption resumes and every record and action gets through.
@@ -181,6 +183,55 @@ def test_a_failing_sink_delays_actions_without_losing_them_and_delivers_all_in_o
         assert await store.outbox_backlog(["jsonl", "healthy"], [P0, P1]) == 0
         assert await relay.drain(1.0) is True
         await jsonl.close()
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_sink_in_backoff_does_not_hold_back_the_other_sinks(tmp_path: Path) -> None:
+    """Each sink is served by its own loop: a broken sink waiting out its backoff (here up to 30 s)
+    neither delays the healthy one nor the relay's shutdown."""
+    async def scenario() -> None:
+        store, epochs = await _owned_store(tmp_path)
+        broken, healthy = FlakySink("broken", broken=True), FlakySink("healthy")
+        relay = OutboxRelay(store, [broken, healthy], lambda: dict(epochs), Metrics(), poll_interval_s=0.02,
+                            retry_backoff_s=30.0, max_backoff_s=30.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            for start in (0, 10, 20):  # three rounds, each well inside the broken sink's backoff
+                await _commit_actions(store, epochs, range(start, start + 10))
+                relay.wake()
+                await until(lambda: len(healthy.received) == start + 10, "the healthy sink's actions",
+                            timeout_s=3.0)
+            assert broken.calls >= 1 and broken.received == []
+            assert await store.outbox_backlog(["broken"], [P0, P1]) == 30
+        finally:
+            stop.set()
+            relay.wake()
+            started = time.monotonic()
+            await asyncio.wait_for(task, 10)
+        assert time.monotonic() - started < 2.0, "stop cut the backoff short"
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_sink_raising_something_unexpected_stops_the_relay_with_that_error(tmp_path: Path) -> None:
+    """Not a SinkError (a bug, not an outage): the relay stops every loop and raises it, unwrapped,
+    so that the service stops rather than deliver to some sinks only."""
+    class BuggySink(FlakySink):
+        async def deliver(self, actions: Sequence[Action]) -> None:
+            raise ZeroDivisionError("a bug in a sink")
+
+    async def scenario() -> None:
+        store, epochs = await _owned_store(tmp_path)
+        await _commit_actions(store, epochs, range(0, 5))
+        relay = OutboxRelay(store, [FlakySink("healthy"), BuggySink("buggy")], lambda: dict(epochs), Metrics(),
+                            poll_interval_s=0.02)
+        with pytest.raises(ZeroDivisionError, match="a bug in a sink"):
+            await asyncio.wait_for(relay.run(asyncio.Event()), 10)
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("relay:")] == []
         await store.close()
 
     asyncio.run(scenario())

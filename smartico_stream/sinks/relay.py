@@ -1,16 +1,16 @@
 """The outbox relay: delivers committed actions to every configured sink, in outbox order.
 
 Each sink has its own cursor per partition, advanced only after the sink acknowledged the actions
-(and only while this instance still holds the partition's lease). A sink outage delays its actions;
-it never loses them: they stay in the outbox until delivered. Delivery is at-least-once; the
-deterministic action id lets receivers drop repeats.
+(and only while this instance still holds the partition's lease), and its own delivery loop, so a
+sink that is down, or waiting out its backoff, holds back nobody but itself. A sink outage delays
+its actions; it never loses them: they stay in the outbox until delivered. Delivery is
+at-least-once; the deterministic action id lets receivers drop repeats.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Sequence
 
@@ -48,7 +48,7 @@ class OutboxRelay:
         self._linger_s = linger_s
         self._retry_backoff_s = retry_backoff_s
         self._max_backoff_s = max_backoff_s
-        self._wake = asyncio.Event()
+        self._wakes = {sink.name: asyncio.Event() for sink in self._sinks}
         self._failures: dict[str, int] = {}
         self._rng = random.Random()
         self._failpoints = failpoints or Failpoints({})
@@ -56,7 +56,6 @@ class OutboxRelay:
         self._stop: asyncio.Event | None = None
         self._retention = timedelta(seconds=retention_s)
         self._prune_interval_s = prune_interval_s
-        self._pruned_at = 0.0
 
     @property
     def sink_names(self) -> list[str]:
@@ -64,21 +63,30 @@ class OutboxRelay:
 
     def wake(self) -> None:
         """New actions were committed: deliver now rather than at the next poll."""
-        self._wake.set()
+        for wake in self._wakes.values():
+            wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Deliver to every sink, each in its own loop, and prune, until ``stop`` is set (then call
+        :meth:`wake`). A loop that fails stops the others and raises here."""
         self._stop = stop
+        try:
+            async with asyncio.TaskGroup() as loops:
+                loops.create_task(self._prune_periodically(stop), name="relay:prune")
+                for sink in self._sinks:
+                    loops.create_task(self._serve(sink, stop), name=f"relay:{sink.name}")
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0]  # what went wrong, not the group that carried it
+
+    async def _serve(self, sink: ActionSink, stop: asyncio.Event) -> None:
+        wake = self._wakes[sink.name]
         while not stop.is_set():
-            await self._prune_when_due()
             # Cleared before reading, not after: a commit that lands during this round wakes the next.
-            self._wake.clear()
-            delivered_any = False
-            for sink in self._sinks:
-                delivered_any |= await self._deliver_once(sink)
-            if delivered_any:
+            wake.clear()
+            if await self._deliver_once(sink):
                 continue  # there may be more
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+                await asyncio.wait_for(wake.wait(), self._poll_interval_s)
             except TimeoutError:
                 continue
             if self._linger_s:
@@ -125,14 +133,12 @@ class OutboxRelay:
         self._metrics.outbox_pruned.inc(deleted)
         return deleted
 
-    async def _prune_when_due(self) -> None:
-        now = time.monotonic()
-        if now - self._pruned_at < self._prune_interval_s:
-            return
-        self._pruned_at = now
-        deleted = await self.prune()
-        if deleted:
-            log.debug("delivered actions pruned from the outbox", rows=deleted)
+    async def _prune_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            deleted = await self.prune()
+            if deleted:
+                log.debug("delivered actions pruned from the outbox", rows=deleted)
+            await self._pause(self._prune_interval_s)
 
     async def backlog(self) -> int:
         leases = self._leases()
