@@ -48,7 +48,7 @@ from smartico_stream.sinks.action_sinks import ActionSink, build_sink
 from smartico_stream.sinks.dead_letters import DeadLetterDeliveryError
 from smartico_stream.sinks.relay import OutboxRelay
 from smartico_stream.sources.kafka import PartitionId, connection_config
-from smartico_stream.store import BatchWrite, FencedError, Lease, QueuedAction, Store, open_store_from_url
+from smartico_stream.store import BatchWrite, FencedError, Lease, Store, open_store_from_url
 from smartico_stream.store.base import ConflictError
 from smartico_stream.transports import transport_for
 
@@ -390,7 +390,7 @@ class Service:
             epochs={tp: self.ownership.epochs[tp] for tp in partitions},
             offsets=dict(result.next_offsets) if not self.transport.redelivers else {},
             users=list(batch.touched.values()) if batch else [],
-            actions=[QueuedAction(tp, action) for tp, action in batch.actions] if batch else [],
+            actions=batch.actions if batch else [],
             history=list(batch.history) if batch else [],
             dedup_added=result.dedup_added,
             dedup_horizon=self._clock() - self.settings.dedup.window_seconds,

@@ -25,7 +25,7 @@ from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiVault
 from smartico_stream.pipeline.dedup import DedupWindow
 from smartico_stream.pipeline.pipeline import DEAD_LETTERED, DEDUPLICATED, OK, Pipeline, PipelineLimits
-from smartico_stream.store import BatchWrite, QueuedAction
+from smartico_stream.store import BatchWrite
 from smartico_stream.store.sqlite import SqliteStore
 
 # Offline there is no arrival time: every repeat of a key within the file is inside the window.
@@ -167,7 +167,7 @@ async def _run(
             BatchWrite(
                 epochs={tp: epochs[tp] for tp in result.next_offsets},
                 users=list(batch.touched.values()),
-                actions=[QueuedAction(tp, action) for tp, action in batch.actions],
+                actions=batch.actions,
                 history=batch.history,
                 dedup_added=result.dedup_added,
             )

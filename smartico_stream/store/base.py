@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import HistoryEntry
@@ -48,8 +48,10 @@ class Lease:
     dedup_keys: list[tuple[int, float]]  # (digest, first seen), oldest first
 
 
-@dataclass(slots=True)
-class QueuedAction:
+class QueuedAction(NamedTuple):
+    """An action and the source partition whose outbox it is written to. The store takes any
+    ``(partition, action)`` pair: the engine's own pairs go in as they are, without a copy."""
+
     partition: PartitionId
     action: Action
 
@@ -61,7 +63,7 @@ class BatchWrite:
     epochs: dict[PartitionId, int] = field(default_factory=dict)
     offsets: dict[PartitionId, int] = field(default_factory=dict)
     users: list[UserState] = field(default_factory=list)
-    actions: list[QueuedAction] = field(default_factory=list)
+    actions: Sequence[tuple[PartitionId, Action]] = field(default_factory=list)  # QueuedAction or plain pairs
     history: list[HistoryEntry] = field(default_factory=list)
     dedup_added: dict[PartitionId, list[tuple[int, float]]] = field(default_factory=dict)
     dedup_horizon: float | None = None  # keys first seen before this are deleted

@@ -201,9 +201,8 @@ class SqlStore:
                     "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (q.action.action_id, q.partition[0], q.partition[1], q.action.brand, q.action.user,
-                         q.action.rule_id, q.action.to_json(), now)
-                        for q in batch.actions
+                        (action.action_id, topic, part, action.brand, action.user, action.rule_id, action.to_json(), now)
+                        for (topic, part), action in batch.actions
                     ],
                 )
             if batch.history:
