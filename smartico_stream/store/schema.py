@@ -118,8 +118,8 @@ STATE_MIGRATIONS: list[tuple[int, Script]] = [
         # The outbox no longer indexes action ids. The engine never writes an id twice (a batch
         # commits with its source offsets, so it is never redone after it landed) and receivers
         # deduplicate by id anyway, since delivery is at-least-once (docs/sinks.md). A unique index
-        # on that random 60-byte key was two thirds of the outbox's write time on SQLite and a third
-        # on PostgreSQL (docs/performance.md).
+        # on that ~60-byte key cost up to two thirds of the outbox's write time on SQLite and a
+        # third on PostgreSQL, the most when transaction ids are random (docs/performance.md).
         {
             # Rebuilt: SQLite cannot drop a column's UNIQUE. The AUTOINCREMENT high-water mark is
             # carried over, so a seq is never reused even when the outbox was pruned empty (the sinks'
