@@ -148,7 +148,8 @@ async def test_rabbitmq_queue_depth_and_consumers_by_passive_declare(tmp_path):
     names = [f"{prefix}-payments.0", f"{prefix}-payments.1"]
     async with connection:
         channel = await connection.channel()
-        queues = [await channel.declare_queue(n, durable=False, auto_delete=False) for n in names]
+        for name in names:
+            await channel.declare_queue(name, durable=False, auto_delete=False)
         try:
             for count, name in ((7, names[0]), (3, names[1])):
                 for i in range(count):
