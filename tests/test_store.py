@@ -211,9 +211,9 @@ async def test_migrations_are_applied_once_and_reopening_is_idempotent(backend: 
 
 
 async def test_migration_3_drops_the_action_id_index_and_never_reuses_a_seq(backend: Backend) -> None:
-    """A store written by the previous release (schema version 2), its outbox delivered and pruned
-    empty, is upgraded: the rows, the sinks' cursors and the seq high-water mark survive, so the
-    next action's seq is past every cursor; action ids are no longer indexed."""
+    """A store written by the previous release (schema version 2), whose newest outbox rows were
+    delivered and pruned, is upgraded: the pending rows, the sinks' cursors and the seq high-water
+    mark survive, so the next action's seq is past every cursor; action ids are no longer indexed."""
     old = backend.new()
     await old.db.open(STATE_MIGRATIONS[:2])
     epochs = await epochs_for(old, P0, P1)
@@ -624,7 +624,8 @@ async def test_prune_history_deletes_from_the_oldest_what_was_recorded_before_th
                            ahead.isoformat(timespec="milliseconds"), seqs[0])
     horizon = datetime.now(UTC) - timedelta(days=30)
 
-    # At most `limit` seqs from the oldest row per call: the early-stamped row holds its place.
+    # At most `limit` seqs from the oldest row per call: the row stamped ahead is kept, and stays the
+    # start of the range.
     assert await store.prune_history(horizon, limit=3) == 2
     assert await store.history() == [entries[0], entries[3], entries[4], entries[5]]
     assert await store.prune_history(horizon, limit=100) == 2
@@ -768,4 +769,3 @@ async def test_the_sqlite_sync_mode_comes_from_the_settings(tmp_path: Path, mode
         assert await rows(store, "PRAGMA synchronous") == [(pragma,)]
     finally:
         await store.close()
-
