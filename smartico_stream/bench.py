@@ -1576,7 +1576,7 @@ async def _scenario_processes(env: _Env, members: int, store: str) -> dict[str, 
             log = (scratch / f"member-{index}.log").open("wb")
             processes.append(subprocess.Popen(
                 [*_cli(), "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=(lambda cpus=pin: _pin(cpus)) if pin else None,  # noqa: PLW1509 - only sets affinity
+                preexec_fn=(lambda cpus=pin: _pin(cpus)) if pin else None,
             ))
         # Every member joined and the partitions are spread before producing starts.
         deadline = time.monotonic() + 90

@@ -125,7 +125,13 @@ def adapters_test(
     update: Annotated[bool, typer.Option(help="rewrite expected files from the current output")] = False,
 ) -> None:
     """Run adapters' golden files; print a diff for every mismatch."""
-    from smartico_stream.adapters.golden import ContractViolation, GoldenFileError, golden_cases, run_golden, write_golden
+    from smartico_stream.adapters.golden import (
+        ContractViolation,
+        GoldenFileError,
+        golden_cases,
+        run_golden,
+        write_golden,
+    )
     from smartico_stream.adapters.registry import AdapterLoadError, UnknownAdapter, available_adapters, load_adapter
 
     names = [name] if name else list(available_adapters())

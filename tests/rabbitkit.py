@@ -38,9 +38,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402 - the tests folder is not a package
+import crashkit
 
-from smartico_stream.config import Settings, load_settings  # noqa: E402
+from smartico_stream.config import Settings, load_settings
 
 T = TypeVar("T")
 

@@ -35,11 +35,11 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402 - the tests folder is not a package
-from crashkit import CASINO_TOPIC, PAY_TOPIC, Processes, ServiceProcess, Workload, wait_until  # noqa: E402
+import crashkit
+from crashkit import CASINO_TOPIC, PAY_TOPIC, Processes, ServiceProcess, Workload, wait_until
 
-from smartico_stream.store.postgres import PostgresStore  # noqa: E402
-from smartico_stream.store.sqlite import SqliteStore  # noqa: E402
+from smartico_stream.store.postgres import PostgresStore
+from smartico_stream.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.kafka
 

@@ -75,7 +75,7 @@ def test_each_users_events_reach_the_engine_in_produced_order_exactly_once(
     total = USERS * EVENTS_PER_STREAM * 2
 
     async def scenario() -> None:
-        produce_round(range(0, EVENTS_PER_STREAM // 2))  # half before the service starts ...
+        produce_round(range(EVENTS_PER_STREAM // 2))  # half before the service starts ...
         async with run_service(service) as running:
             await running.wait_until(lambda: service.stats.consumed > 0, "the first batch")
             await asyncio.get_running_loop().run_in_executor(

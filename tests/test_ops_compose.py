@@ -54,7 +54,7 @@ def published(service: dict[str, Any]) -> dict[int, int]:
 
 def test_services_ports_and_mounted_files(compose):
     services = compose["services"]
-    assert EXPECTED <= set(services), sorted(EXPECTED - set(services))
+    assert set(services) >= EXPECTED, sorted(EXPECTED - set(services))
     for name, service in services.items():
         for target, source in mounts(service).items():
             assert source.exists(), f"{name} mounts {source} at {target}: no such file"

@@ -29,13 +29,13 @@ import yaml
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402 - the tests folder is not a package
+import crashkit
 
-from smartico_stream.config import load_settings  # noqa: E402
-from smartico_stream.observability.health import Health  # noqa: E402
-from smartico_stream.observability.http import MetricsServer  # noqa: E402
-from smartico_stream.observability.metrics import Metrics  # noqa: E402
-from smartico_stream.ops.shutdown import shutdown_budget_s  # noqa: E402
+from smartico_stream.config import load_settings
+from smartico_stream.observability.health import Health
+from smartico_stream.observability.http import MetricsServer
+from smartico_stream.observability.metrics import Metrics
+from smartico_stream.ops.shutdown import shutdown_budget_s
 
 FAST_GROUP = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250}
 

@@ -27,7 +27,15 @@ import yaml
 from typer.testing import CliRunner
 
 from smartico_stream.config import load_settings
-from smartico_stream.ops.lag import EXIT_BROKER, EXIT_CONFIG, EXIT_OVER_THRESHOLD, LagError, group_lag, lag_app, queue_depths
+from smartico_stream.ops.lag import (
+    EXIT_BROKER,
+    EXIT_CONFIG,
+    EXIT_OVER_THRESHOLD,
+    LagError,
+    group_lag,
+    lag_app,
+    queue_depths,
+)
 from smartico_stream.service import Service
 
 FAST_GROUP = {"session.timeout.ms": 3000, "heartbeat.interval.ms": 250}
@@ -142,7 +150,7 @@ async def test_rabbitmq_queue_depth_and_consumers_by_passive_declare(tmp_path):
     aio_pika = pytest.importorskip("aio_pika")
     try:
         connection = await asyncio.wait_for(aio_pika.connect(rabbitmq_url()), 5)
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         pytest.skip(f"no RabbitMQ at {rabbitmq_url()}: {exc}")
     prefix = f"ops-lag-{uuid.uuid4().hex[:6]}"
     names = [f"{prefix}-payments.0", f"{prefix}-payments.1"]

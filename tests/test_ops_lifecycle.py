@@ -30,10 +30,10 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402 - the tests folder is not a package
+import crashkit
 
-from smartico_stream.config import load_settings  # noqa: E402
-from smartico_stream.ops.shutdown import shutdown_budget_s  # noqa: E402
+from smartico_stream.config import load_settings
+from smartico_stream.ops.shutdown import shutdown_budget_s
 
 pytestmark = pytest.mark.kafka
 

@@ -31,9 +31,9 @@ import yaml
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402 - the tests folder is not a package
+import crashkit
 
-from smartico_stream.ops.alerts import AlertParams, render_rules  # noqa: E402
+from smartico_stream.ops.alerts import AlertParams, render_rules
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [

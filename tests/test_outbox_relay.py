@@ -28,14 +28,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from smartico_stream.engine.actions import Action, ActionKind  # noqa: E402
-from smartico_stream.engine.rules import load_rules  # noqa: E402
-from smartico_stream.observability.metrics import Metrics  # noqa: E402
-from smartico_stream.service import Service  # noqa: E402
-from smartico_stream.sinks.action_sinks import JsonlSink, SinkError  # noqa: E402
-from smartico_stream.sinks.relay import OutboxRelay  # noqa: E402
-from smartico_stream.store import BatchWrite, QueuedAction  # noqa: E402
-from smartico_stream.store.sqlite import SqliteStore  # noqa: E402
+from smartico_stream.engine.actions import Action, ActionKind
+from smartico_stream.engine.rules import load_rules
+from smartico_stream.observability.metrics import Metrics
+from smartico_stream.service import Service
+from smartico_stream.sinks.action_sinks import JsonlSink, SinkError
+from smartico_stream.sinks.relay import OutboxRelay
+from smartico_stream.store import BatchWrite, QueuedAction
+from smartico_stream.store.sqlite import SqliteStore
 
 P0 = ("payments", 0)
 P1 = ("payments", 1)
@@ -226,7 +226,7 @@ def test_a_sink_raising_something_unexpected_stops_the_relay_with_that_error(tmp
 
     async def scenario() -> None:
         store, epochs = await _owned_store(tmp_path)
-        await _commit_actions(store, epochs, range(0, 5))
+        await _commit_actions(store, epochs, range(5))
         relay = OutboxRelay(store, [FlakySink("healthy"), BuggySink("buggy")], lambda: dict(epochs), Metrics(),
                             poll_interval_s=0.02)
         with pytest.raises(ZeroDivisionError, match="a bug in a sink"):
@@ -240,7 +240,7 @@ def test_a_sink_raising_something_unexpected_stops_the_relay_with_that_error(tmp
 def test_the_relay_prunes_what_every_sink_delivered_once_it_is_older_than_the_retention(tmp_path: Path) -> None:
     async def scenario() -> None:
         store, epochs = await _owned_store(tmp_path)
-        await _commit_actions(store, epochs, range(0, 12))
+        await _commit_actions(store, epochs, range(12))
         fast, slow = FlakySink("fast"), FlakySink("slow", broken=True)
         metrics = Metrics()
         relay = OutboxRelay(store, [fast, slow], lambda: dict(epochs), metrics, poll_interval_s=0.02,
@@ -269,7 +269,7 @@ def test_a_partial_delivery_is_resent_so_the_receiver_sees_repeats_but_no_gap_an
 ) -> None:
     async def scenario() -> None:
         store, epochs = await _owned_store(tmp_path)
-        await _commit_actions(store, epochs, range(0, 25))
+        await _commit_actions(store, epochs, range(25))
         sink = FlakySink()
         sink.fail_after = 3
         relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), batch_size=10,
@@ -553,7 +553,7 @@ def test_stopping_the_relay_while_a_sink_is_down_does_not_wait_out_the_retry_bac
 
     async def scenario() -> None:
         store, epochs = await _owned_store(tmp_path)
-        await _commit_actions(store, epochs, range(0, 5))
+        await _commit_actions(store, epochs, range(5))
         sink = FlakySink("down", broken=True)
         relay = OutboxRelay(store, [sink], lambda: dict(epochs), Metrics(), retry_backoff_s=3600.0,
                             max_backoff_s=3600.0)

@@ -23,8 +23,8 @@ outbox's ids.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -36,14 +36,14 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402
-import rabbitkit  # noqa: E402
-from crashkit import Processes, ServiceProcess  # noqa: E402
-from rabbitkit import InProcess, LoopThread, Msg, Publisher, StoreReader, Topology, sample  # noqa: E402
+import crashkit
+import rabbitkit
+from crashkit import Processes, ServiceProcess
+from rabbitkit import InProcess, LoopThread, Msg, Publisher, StoreReader, Topology, sample
 
-from smartico_stream.service import Service  # noqa: E402
-from smartico_stream.store.postgres import PostgresStore  # noqa: E402
-from smartico_stream.store.sqlite import SqliteStore  # noqa: E402
+from smartico_stream.service import Service
+from smartico_stream.store.postgres import PostgresStore
+from smartico_stream.store.sqlite import SqliteStore
 
 SINK = "jsonl"
 ROUND_TIMEOUT_S = 30.0
@@ -412,7 +412,7 @@ def test_connection_drops_move_queues_between_members_and_back_without_loss_or_r
             await run.joined("B")
             await run.wait(both_registered, "A active and B waiting on every queue", 15)
 
-            await publisher.publish_many(part(range(0, 5)))
+            await publisher.publish_many(part(range(5)))
             await run.wait(lambda: applied() >= 5 * len(users), "part 1 applied", 20)
             steps.append("part 1 applied")
 

@@ -22,13 +22,13 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rabbitkit  # noqa: E402
-from conftest import RecordingEngine  # noqa: E402
-from rabbitkit import InProcess, Msg, Publisher, Topology, sample  # noqa: E402
+import rabbitkit
+from conftest import RecordingEngine
+from rabbitkit import InProcess, Msg, Publisher, Topology, sample
 
-from smartico_stream.pii.keys import KeyRing, generate_key_ring, key_ring_to_json  # noqa: E402
-from smartico_stream.pii.payloads import reveal_dead_letter  # noqa: E402
-from smartico_stream.service import Service  # noqa: E402
+from smartico_stream.pii.keys import KeyRing, generate_key_ring, key_ring_to_json
+from smartico_stream.pii.payloads import reveal_dead_letter
+from smartico_stream.service import Service
 
 BASE_MS = rabbitkit.BASE_MS
 FAR_FUTURE_MS = 32_485_190_400_000  # 2999-06-01

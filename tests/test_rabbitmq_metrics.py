@@ -20,14 +20,14 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402
-import rabbitkit  # noqa: E402
-from conftest import RecordingEngine  # noqa: E402
-from rabbitkit import InProcess, Msg, Publisher, Topology, sample, sample_sum  # noqa: E402
+import crashkit
+import rabbitkit
+from conftest import RecordingEngine
+from rabbitkit import InProcess, Msg, Publisher, Topology, sample, sample_sum
 
-from smartico_stream.service import Service  # noqa: E402
-from smartico_stream.sources.rabbitmq import TopologyError  # noqa: E402
-from smartico_stream.store.sqlite import SqliteStore  # noqa: E402
+from smartico_stream.service import Service
+from smartico_stream.sources.rabbitmq import TopologyError
+from smartico_stream.store.sqlite import SqliteStore
 
 READY = "smartico_stream_rabbitmq_queue_messages_ready"
 UNACKED = "smartico_stream_rabbitmq_unacked_messages"

@@ -23,13 +23,13 @@ import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402
-import rabbitkit  # noqa: E402
-from conftest import RecordingEngine  # noqa: E402
-from rabbitkit import InProcess, Msg, Publisher, Topology, sample  # noqa: E402
+import crashkit
+import rabbitkit
+from conftest import RecordingEngine
+from rabbitkit import InProcess, Msg, Publisher, Topology, sample
 
-from smartico_stream.service import Service  # noqa: E402
-from smartico_stream.store.postgres import PostgresStore  # noqa: E402
+from smartico_stream.service import Service
+from smartico_stream.store.postgres import PostgresStore
 
 CONSUMERS = "smartico_stream_rabbitmq_queue_consumers"
 DELIVERIES = "smartico_stream_rabbitmq_deliveries_total"

@@ -13,8 +13,8 @@ deadlock error, never a lost update).
 
 from __future__ import annotations
 
-import dataclasses
 import asyncio
+import dataclasses
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,16 +26,16 @@ import pytest
 import pytest_asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import crashkit  # noqa: E402 - the tests folder is not a package
+import crashkit
 
-from smartico_stream.engine.actions import Action, ActionKind  # noqa: E402
-from smartico_stream.engine.evaluator import HistoryEntry  # noqa: E402
-from smartico_stream.engine.state import RuleProgress, UserState  # noqa: E402
-from smartico_stream.store import BatchWrite, FencedError, OutboxRow, QueuedAction  # noqa: E402
-from smartico_stream.store.base import ConflictError  # noqa: E402
-from smartico_stream.store.postgres import PostgresStore  # noqa: E402
-from smartico_stream.store.schema import LATEST_VERSION, STATE_MIGRATIONS  # noqa: E402
-from smartico_stream.store.sqlite import SqliteStore  # noqa: E402
+from smartico_stream.engine.actions import Action, ActionKind
+from smartico_stream.engine.evaluator import HistoryEntry
+from smartico_stream.engine.state import RuleProgress, UserState
+from smartico_stream.store import BatchWrite, FencedError, OutboxRow, QueuedAction
+from smartico_stream.store.base import ConflictError
+from smartico_stream.store.postgres import PostgresStore
+from smartico_stream.store.schema import LATEST_VERSION, STATE_MIGRATIONS
+from smartico_stream.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.asyncio
 
@@ -325,7 +325,7 @@ async def test_a_failure_in_the_middle_of_a_commit_writes_nothing(store: Any, fa
         bad.dedup_added[P1].append((1 << 65, 123.0))  # does not fit a BIGINT even as signed
     else:
         bad.offsets[P1] = 1 << 70
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - the driver's error type differs per database
+    with pytest.raises(Exception) as caught:
         await store.commit(bad)
     assert not isinstance(caught.value, FencedError | ConflictError)
     assert await snapshot(store) == before
@@ -414,7 +414,7 @@ async def test_fencing_and_the_dedup_horizon_cover_batches_over_many_partitions(
     old = await epochs_for(old_owner, *partitions, owner="old")
     await old_owner.commit(BatchWrite(epochs=old, dedup_added={tp: [(tp[1], 10.0), (1000 + tp[1], 30.0)]
                                                              for tp in partitions}))
-    await old_owner.commit(BatchWrite(epochs=old, offsets={tp: 1 for tp in partitions}, dedup_horizon=20.0))
+    await old_owner.commit(BatchWrite(epochs=old, offsets=dict.fromkeys(partitions, 1), dedup_horizon=20.0))
     assert await rows(old_owner, "SELECT part, digest FROM dedup_keys ORDER BY part") == [
         (p, 1000 + p) for _, p in partitions
     ]
@@ -422,7 +422,7 @@ async def test_fencing_and_the_dedup_horizon_cover_batches_over_many_partitions(
     await epochs_for(new_owner, last, owner="new")
     before = await snapshot(new_owner)
     with pytest.raises(FencedError) as fenced:
-        await old_owner.commit(BatchWrite(epochs=old, offsets={tp: 2 for tp in partitions}))
+        await old_owner.commit(BatchWrite(epochs=old, offsets=dict.fromkeys(partitions, 2)))
     assert fenced.value.partitions == [last]
     assert await snapshot(new_owner) == before
 

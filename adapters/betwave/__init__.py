@@ -114,7 +114,7 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
-from smartico_stream.adapters.base import AdapterError, RecordContext, UnknownEventType
+from smartico_stream.adapters.base import AdapterError, InvalidField, MissingField, RecordContext, UnknownEventType
 from smartico_stream.events.models import (
     CanonicalEvent,
     CasinoBet,
@@ -127,8 +127,6 @@ from smartico_stream.events.models import (
     SportBetSettled,
     UserProfile,
 )
-
-from smartico_stream.adapters.base import InvalidField, MissingField
 
 __all__ = ["MINOR_UNIT_EXPONENTS", "BetwaveAdapter", "Kind", "minor_units_to_decimal"]
 

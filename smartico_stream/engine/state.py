@@ -136,7 +136,7 @@ class UserState:
         document: dict[str, Any] = {"brand": self.brand, "user": self.user}
         for name, default in _SCALAR_FIELDS:
             value = getattr(self, name)
-            if value is default or value.__class__ is default.__class__ and value == default:
+            if value is default or (value.__class__ is default.__class__ and value == default):
                 continue
             document[name] = str(value) if value.__class__ is Decimal else value
         for name in _DECIMAL_MAP_FIELDS:

@@ -40,14 +40,14 @@ def exported_metrics() -> list[MetricFamily]:
     families: dict[str, MetricFamily] = {}
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
-            kind = value._type  # noqa: SLF001 - the public API offers no other way to read it
-            base = value._name  # noqa: SLF001
-            labels = tuple(value._labelnames)  # noqa: SLF001
+            kind = value._type
+            base = value._name
+            labels = tuple(value._labelnames)
             series = tuple(base + suffix for suffix in _SUFFIXES[kind])
             shown = {"counter": base + "_total", "info": base + "_info"}.get(kind, base)
             if kind == "info":
-                labels = tuple(sorted(value._value.keys())) if hasattr(value, "_value") else labels  # noqa: SLF001
-            families[shown] = MetricFamily(shown, kind, labels, value._documentation, series)  # noqa: SLF001
+                labels = tuple(sorted(value._value.keys())) if hasattr(value, "_value") else labels
+            families[shown] = MetricFamily(shown, kind, labels, value._documentation, series)
     # Collectors without wrappers (process_*, python_info): read what they collect.
     for family in metrics.registry.collect():
         if family.name.startswith("smartico_stream_"):

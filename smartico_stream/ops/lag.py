@@ -138,7 +138,7 @@ async def queue_depths(settings: Settings, timeout_s: float = 10.0) -> list[Queu
     rabbit = settings.rabbitmq
     try:
         connection = await asyncio.wait_for(aio_pika.connect_robust(rabbit.url, **rabbit.connection), timeout_s)
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise LagError(f"cannot connect to RabbitMQ: {exc or type(exc).__name__}") from None
     depths: list[QueueDepth] = []
     missing: list[str] = []

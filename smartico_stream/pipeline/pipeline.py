@@ -21,9 +21,9 @@ from smartico_stream.adapters.base import Adapter, RecordContext
 from smartico_stream.engine.base import Engine, UserKey
 from smartico_stream.events.models import CanonicalEvent, SourceCoordinates, UserProfile
 from smartico_stream.events.raw import RawRecord, Stream
-from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiRecord
+from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
 from smartico_stream.pipeline.errors import (
     DeadLetter,
     DecodeError,

@@ -769,7 +769,7 @@ class RabbitMqActionSink:
                     f"{self.name}: not confirmed within {self.timeout_s}s (broker slow or unreachable)",
                     retryable=True,
                 ) from exc
-            except Exception as exc:  # noqa: BLE001 - every transport error becomes a SinkError
+            except Exception as exc:
                 raise self._error(exc) from exc
             finally:
                 await self._apply_resets()

@@ -152,7 +152,7 @@ class RabbitMqDeadLetterSink:
                     routing_key=record.topic,
                     mandatory=True,
                 )
-        except Exception as exc:  # noqa: BLE001 - any failure means: not acknowledged, do not ack the batch
+        except Exception as exc:
             self._channel = None
             raise DeadLetterDeliveryError(f"dead letters not confirmed by RabbitMQ: {exc}") from exc
 

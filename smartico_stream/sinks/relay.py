@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.logging import get_logger
