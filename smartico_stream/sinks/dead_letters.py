@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
+from aio_pika.abc import HeadersType
 from confluent_kafka import KafkaError, Producer
 
 from smartico_stream.pii.payloads import Protector, redacting
@@ -25,8 +26,9 @@ class DeadLetterDeliveryError(RuntimeError):
     """Dead letters were not acknowledged; the batch's offsets must not be committed."""
 
 
-def dead_letter_headers(letter: DeadLetter, failed_at_ms: int) -> list[tuple[str, bytes]]:
-    """The original headers plus the error and source-coordinate headers."""
+def dead_letter_headers(letter: DeadLetter, failed_at_ms: int) -> list[tuple[str, bytes | None]]:
+    """The original headers (a Kafka header may have no value: None) plus the error and
+    source-coordinate headers."""
     record = letter.record
     key = [(HEADER_PREFIX + "source-key", record.key)] if record.key is not None else []
     return [
@@ -69,7 +71,7 @@ class KafkaDeadLetterSink:
             "logger": logging.getLogger("smartico_stream.rdkafka"),
             **producer_config,
         }
-        self._producer = Producer(config)
+        self._producer: Producer | None = Producer(config)
         self._topic = topic
         self._protect = protect
         self._max_value_bytes = max_value_bytes
@@ -79,13 +81,16 @@ class KafkaDeadLetterSink:
         """Produce and wait for every acknowledgement; raise DeadLetterDeliveryError otherwise."""
         if not letters:
             return
+        if self._producer is None:
+            raise DeadLetterDeliveryError("the dead-letter sink is closed")
         self._failures.clear()
         now_ms = int(time.time() * 1000)
         for letter in letters:
             record = letter.record
             value, extra = bounded_value(record.value, self._max_value_bytes)
             value, protection = self._protect(value, record.topic, record.partition, record.offset)
-            self._produce(record.key, value, dead_letter_headers(letter, now_ms) + extra + protection)
+            headers: list[tuple[str, str | bytes | None]] = [*dead_letter_headers(letter, now_ms), *extra, *protection]
+            self._produce(record.key, value, headers)
         remaining = self._producer.flush(timeout_s)
         if remaining or self._failures:
             raise DeadLetterDeliveryError(
@@ -93,7 +98,9 @@ class KafkaDeadLetterSink:
                 f"{len(self._failures)} refused: {'; '.join(self._failures[:3])}"
             )
 
-    def _produce(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+    def _produce(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, str | bytes | None]]) -> None:
+        if self._producer is None:
+            raise DeadLetterDeliveryError("the dead-letter sink is closed")
         while True:
             try:
                 self._producer.produce(self._topic, key=key, value=value, headers=headers, on_delivery=self._delivered)
@@ -110,7 +117,7 @@ class KafkaDeadLetterSink:
         unacknowledged here belong to a batch that was not committed, so they are produced again."""
         if self._producer is not None:
             self._producer.flush(timeout_s)
-            self._producer = None  # type: ignore[assignment]
+            self._producer = None
 
 
 class RabbitMqDeadLetterSink:
@@ -137,10 +144,11 @@ class RabbitMqDeadLetterSink:
                 record = letter.record
                 value, extra = bounded_value(record.value, self._max_value_bytes)
                 value, protection = self._protect(value, record.topic, record.partition, record.offset)
-                # AMQP header values are text here (the Kafka letters carry the same values as bytes).
-                headers = {
-                    name: content.decode("utf-8", "replace")
-                    for name, content in dead_letter_headers(letter, now_ms) + extra + protection
+                # AMQP header values are text here (the Kafka letters carry the same values as bytes);
+                # a header without a value stays one (AMQP void).
+                headers: HeadersType = {
+                    name: content.decode("utf-8", "replace") if content is not None else None
+                    for name, content in [*dead_letter_headers(letter, now_ms), *extra, *protection]
                 }
                 await exchange.publish(
                     aio_pika.Message(

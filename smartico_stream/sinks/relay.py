@@ -10,15 +10,17 @@ at-least-once; the deterministic action id lets receivers drop repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+from smartico_stream.events.raw import PartitionId
 from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.logging import get_logger
 from smartico_stream.observability.metrics import Metrics
-from smartico_stream.sinks.action_sinks import ActionSink, SinkError
-from smartico_stream.store.base import FencedError, PartitionId, Store
+from smartico_stream.sinks.base import ActionSink, SinkError
+from smartico_stream.store.base import FencedError, Store
 
 log = get_logger(__name__)
 
@@ -50,7 +52,7 @@ class OutboxRelay:
         self._max_backoff_s = max_backoff_s
         self._wakes = {sink.name: asyncio.Event() for sink in self._sinks}
         self._failures: dict[str, int] = {}
-        self._rng = random.Random()
+        self._rng = random.Random()  # noqa: S311 - backoff jitter, not cryptography
         self._failpoints = failpoints or Failpoints({})
         self._deadline: float | None = None
         self._stop: asyncio.Event | None = None
@@ -76,7 +78,7 @@ class OutboxRelay:
                 for sink in self._sinks:
                     loops.create_task(self._serve(sink, stop), name=f"relay:{sink.name}")
         except BaseExceptionGroup as failed:
-            raise failed.exceptions[0]  # what went wrong, not the group that carried it
+            raise failed.exceptions[0] from failed  # what went wrong, not the group that carried it
 
     async def _serve(self, sink: ActionSink, stop: asyncio.Event) -> None:
         wake = self._wakes[sink.name]
@@ -119,10 +121,8 @@ class OutboxRelay:
         if stop is None or stop.is_set():
             await asyncio.sleep(delay)
             return
-        try:
+        with contextlib.suppress(TimeoutError):  # the delay ran out before shutdown: the usual case
             await asyncio.wait_for(stop.wait(), delay)
-        except TimeoutError:
-            pass
 
     async def prune(self) -> int:
         """Delete what every sink has delivered and is older than the retention; how many rows."""
