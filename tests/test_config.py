@@ -6,8 +6,9 @@ import pytest
 
 from smartico_stream.config import ConfigError, load_settings, rdkafka_env_overrides
 from smartico_stream.events.raw import Stream
+from tests.support.common import REPO
 
-EXAMPLE = Path(__file__).parent.parent / "deploy" / "config.example.yaml"
+EXAMPLE = REPO / "deploy" / "config.example.yaml"
 
 
 def test_example_config_loads_with_every_section() -> None:
@@ -61,7 +62,10 @@ def test_a_single_topic_may_be_written_as_a_string() -> None:
         ({"dedup": {"window_seconds": 0}}, "dedup.window_seconds: Input should be greater than 0"),
         ({"dedup": {"windw_seconds": 5}}, "dedup.windw_seconds: Extra inputs are not permitted"),
         ({"kafka": {"topics": {"bets": "t"}}}, "kafka.topics.bets.[key]"),
-        ({"store": {"sqlite_synchronous": "OFF"}}, "store.sqlite_synchronous: Input should be 'FULL', 'NORMAL' or 'EXTRA'"),
+        (
+            {"store": {"sqlite_synchronous": "OFF"}},
+            "store.sqlite_synchronous: Input should be 'FULL', 'NORMAL' or 'EXTRA'",
+        ),
     ],
 )
 def test_invalid_settings_name_the_setting(overrides: dict, expected: str) -> None:
@@ -72,13 +76,13 @@ def test_invalid_settings_name_the_setting(overrides: dict, expected: str) -> No
 
 def test_unreadable_and_non_mapping_files_are_reported_with_their_path(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
-    with pytest.raises(ConfigError, match="missing.yaml: cannot read config"):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read config"):
         load_settings(missing, environ={})
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="list.yaml: the config must be a YAML mapping"):
+    with pytest.raises(ConfigError, match=r"list\.yaml: the config must be a YAML mapping"):
         load_settings(listy, environ={})
     broken = tmp_path / "broken.yaml"
     broken.write_text("kafka: [\n")
-    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_settings(broken, environ={})
