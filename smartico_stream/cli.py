@@ -62,11 +62,14 @@ def run(config: ConfigOption) -> None:
     configure_logging(settings.logging.level, settings.logging.format)
     from smartico_stream.engine.rules import RuleLoadError
     from smartico_stream.pii.keys import PiiKeyError
+    from smartico_stream.sinks.base import SinkConfigError
 
     try:
         service = Service(settings)
     except (RuleLoadError, PiiKeyError) as exc:
         _fail(str(exc))
+    except SinkConfigError as exc:  # what only the client library can refuse (librdkafka settings)
+        _fail(f"{config}: invalid configuration\n  {exc}")
     uvloop.run(_until_signalled(service.run))
 
 
@@ -77,7 +80,9 @@ def demo(
     duration: Annotated[float | None, typer.Option(help="stop producing after this many seconds")] = None,
     metrics_port: Annotated[int, typer.Option(help="port for /metrics, /healthz, /readyz (0: any free port)")] = 9108,
     json: Annotated[bool, typer.Option("--json", help="print the summary as one JSON object")] = False,
-    keep: Annotated[Path | None, typer.Option(help="keep the demo's stores, actions, dead letters and metrics here")] = None,
+    keep: Annotated[
+        Path | None, typer.Option(help="keep the demo's stores, actions, dead letters and metrics here")
+    ] = None,
     transport: Annotated[str, typer.Option(help="kafka (embedded) or rabbitmq (the local broker)")] = "kafka",
     rabbitmq_url: Annotated[str, typer.Option(help="broker for --transport rabbitmq")] = "amqp://guest:guest@127.0.0.1:5672/",
 ) -> None:
@@ -449,6 +454,7 @@ def pii_decrypt_dead_letters(
     from confluent_kafka import Consumer
 
     from smartico_stream.pii.payloads import reveal_dead_letter
+    from smartico_stream.sources.kafka import message_headers
 
     settings = load_settings(config)
     vault = _vault(config)
@@ -478,13 +484,17 @@ def pii_decrypt_dead_letters(
                 break
             if message.error():
                 continue
-            headers = {k: v for k, v in (message.headers() or [])}
+            headers = dict(message_headers(message))
             try:
                 payload = reveal_dead_letter(vault.ring, message.value() or b"", headers).decode("utf-8", "replace")
             except ValueError as exc:
                 payload = None
                 headers["x-smartico-reveal-error"] = str(exc).encode()
-            row = {k: v.decode("utf-8", "replace") for k, v in headers.items() if k.startswith("x-smartico-")}
+            row = {
+                k: v.decode("utf-8", "replace") if v is not None else None
+                for k, v in headers.items()
+                if k.startswith("x-smartico-")
+            }
             row["payload"] = payload
             sys.stdout.buffer.write(orjson.dumps(row) + b"\n")
             shown += 1
@@ -496,13 +506,45 @@ def _iso(moment: Any) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
 
 
-from smartico_stream.ops.lag import lag_command  # noqa: E402 - registered beside the other commands
+# `lag` and `bench` live in modules of their own and are imported only when they run: the bench
+# package, and the Kafka source and Prometheus client behind `lag`, would otherwise cost every command's
+# start-up (docs/performance.md, Start-up).
+from typer.core import TyperCommand  # noqa: E402 - only the lazy commands need it
 
-app.command("lag")(lag_command)
 
-from smartico_stream.bench import bench_command  # noqa: E402
+class _LazyCommand(TyperCommand):
+    """A command whose typer function (``target``, ``module:function``) is imported when the command
+    is invoked, ``--help`` included; until then it is only its name and summary in the listing."""
 
-app.command("bench")(bench_command)
+    target = ""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        import importlib
+
+        module, _, function = self.target.partition(":")
+        real = typer.Typer(add_completion=False)
+        real.command(self.name)(getattr(importlib.import_module(module), function))
+        # Built as typer builds every command: the same options, help and errors as if registered directly.
+        return typer.main.get_command(real).make_context(info_name, args, parent=parent, **extra)
+
+
+def _lazy(target: str) -> type[TyperCommand]:
+    return type("_LazyCommand", (_LazyCommand,), {"target": target})
+
+
+def _lag() -> None:
+    """Per-partition committed offset, high watermark and lag of the group (Kafka), or per-queue depth
+    and consumers (RabbitMQ), read from the broker; works while the service is down."""
+
+
+def _bench() -> None:
+    """Measure throughput (raw ceiling, the service on SQLite and PostgreSQL, RabbitMQ), latency,
+    memory and scaling against the embedded Kafka, in one run (docs/performance.md)."""
+
+
+# The summaries above are the real commands' first paragraphs (tests/bench/test_bench.py compares them).
+app.command("lag", cls=_lazy("smartico_stream.ops.lag:lag_command"))(_lag)
+app.command("bench", cls=_lazy("smartico_stream.bench.command:bench_command"))(_bench)
 
 
 def main() -> None:

@@ -11,13 +11,14 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from smartico_stream.events.raw import Stream
+from smartico_stream.sinks.registry import SinkSettings, unique_sink_names
 
 ENV_PREFIX = "SMARTICO_STREAM_"
 RDKAFKA_ENV_PREFIX = "SMARTICO_STREAM_RDKAFKA_"
@@ -151,7 +152,7 @@ class LimitSettings(_Section):
 
 class MetricsSettings(_Section):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the endpoint from outside the container
     port: int = Field(default=9108, ge=0, le=65535, description="0 picks a free port")
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="/healthz fails when the poll loop has not turned for this long"
@@ -165,7 +166,9 @@ class StoreSettings(_Section):
         default="sqlite:///var/smartico-stream/state.db",
         description="sqlite:///PATH (embedded, one instance) or postgresql://... (several instances)",
     )
-    db_schema: str | None = Field(default=None, description="PostgreSQL schema (created if missing); default: search_path")
+    db_schema: str | None = Field(
+        default=None, description="PostgreSQL schema (created if missing); default: search_path"
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(
         default="FULL",
         description="SQLite fsync policy (WAL): FULL syncs every commit; NORMAL survives a process crash but a "
@@ -249,8 +252,9 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     pii: PiiSettings = Field(default_factory=PiiSettings)
-    sinks: list[dict[str, Any]] = Field(
-        default_factory=list, description="action sinks (see docs/sinks.md); none: actions stay in the outbox"
+    sinks: Annotated[list[SinkSettings], AfterValidator(unique_sink_names)] = Field(
+        default_factory=list,
+        description="action sinks, each chosen by its `type` (docs/sinks.md); none: actions stay in the outbox",
     )
     instance_id: str = Field(
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",

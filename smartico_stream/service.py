@@ -21,12 +21,12 @@ from cachetools import LRUCache
 from smartico_stream.adapters.base import Adapter
 from smartico_stream.adapters.registry import load_adapter
 from smartico_stream.config import Settings
-from smartico_stream.engine.base import Engine, UserKey
+from smartico_stream.engine.base import Engine
 from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
 from smartico_stream.engine.rules import RuleSet, load_rules
 from smartico_stream.engine.state import UserState
-from smartico_stream.events.raw import RawRecord
+from smartico_stream.events.raw import PartitionId, RawRecord, UserKey
 from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.collector import FrozenHeap
 from smartico_stream.observability.health import Health
@@ -44,10 +44,11 @@ from smartico_stream.pipeline.pipeline import (
     PipelineLimits,
     RecordId,
 )
-from smartico_stream.sinks.action_sinks import ActionSink, build_sink
+from smartico_stream.sinks.base import ActionSink
 from smartico_stream.sinks.dead_letters import DeadLetterDeliveryError
+from smartico_stream.sinks.registry import build_sinks
 from smartico_stream.sinks.relay import OutboxRelay
-from smartico_stream.sources.kafka import PartitionId, connection_config
+from smartico_stream.sources.kafka import connection_config
 from smartico_stream.store import BatchWrite, FencedError, Lease, Store, open_store_from_url
 from smartico_stream.store.base import ConflictError
 from smartico_stream.transports import transport_for
@@ -95,7 +96,8 @@ class Ownership:
 
     def partitions_assigned(self, partitions: list[PartitionId]) -> Mapping[PartitionId, int]:
         """Kafka assignment (called on the Kafka thread): take the leases, return where to resume."""
-        assert self.loop is not None
+        if self.loop is None:
+            raise RuntimeError("partitions were assigned before the service's event loop was set")
         acquiring = self._store.acquire(partitions, self._settings.instance_id, self._since())
         return self._adopt(asyncio.run_coroutine_threadsafe(acquiring, self.loop).result(timeout=60))
 
@@ -142,7 +144,7 @@ class Service:
 
     ``engine`` replaces the rule engine with any object implementing the pipeline's Engine protocol
     (tests use a recording engine); everything else (store, offsets, dedup keys) stays as in
-    production."""
+    production. ``failpoints`` (crash tests only) makes the process SIGKILL itself at a checkpoint."""
 
     def __init__(
         self,
@@ -154,6 +156,7 @@ class Service:
         store: Store | None = None,
         rules: RuleSet | None = None,
         sinks: list[ActionSink] | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -181,9 +184,11 @@ class Service:
         )
         kafka = settings.kafka
         connection = {**connection_config(kafka.config), **kafka.producer_config}
-        sinks = sinks if sinks is not None else [build_sink(spec, connection) for spec in settings.sinks]
+        sinks = sinks if sinks is not None else build_sinks(settings.sinks, connection)
         outbox = settings.outbox
-        self.failpoints = Failpoints.from_env()
+        # Crash points only ever come from the caller (the crash tests' entry point), never from
+        # the configuration or the environment: a live service cannot be told to kill itself.
+        self.failpoints = failpoints if failpoints is not None else Failpoints({})
         self.relay = OutboxRelay(
             self.store, sinks, lambda: dict(self.ownership.epochs), self.metrics,
             batch_size=outbox.batch_size, poll_interval_s=outbox.poll_interval_s, linger_s=outbox.linger_s,
@@ -284,9 +289,8 @@ class Service:
                 continue
             adapted = self.pipeline.adapt(records, poisoned)
             known = await self._states(adapted.users_needing_region())
-            result = self.pipeline.protect_and_dedup(
-                adapted, lambda key: state.country if (state := known.get(key)) is not None else None
-            )
+            countries = {key: state.country for key, state in known.items()}
+            result = self.pipeline.protect_and_dedup(adapted, countries.get)
             batch = await self._apply(result, known)
             if result.engine_failures:
                 poisoned.update(result.engine_failures)
@@ -360,7 +364,9 @@ class Service:
         skipped = [r for r in records if ((r.topic, r.partition), r.message_id) in done]
         return fresh, skipped
 
-    async def _states(self, users: Sequence[UserKey], known: Mapping[UserKey, UserState] = {}) -> dict[UserKey, UserState]:
+    async def _states(
+        self, users: Sequence[UserKey], known: Mapping[UserKey, UserState] = {}
+    ) -> dict[UserKey, UserState]:
         """The committed states of these users that exist: from ``known``, the cache, else the store."""
         found = {key: state for key in users if (state := known.get(key) or self._cache.get(key)) is not None}
         missing = [key for key in users if key not in found]
@@ -474,7 +480,7 @@ class Service:
         if self.transport.name == "rabbitmq":
             for record in already_handled:
                 m.rabbitmq_acks.labels(record.topic, "redelivered_handled").inc()
-            outcome_of = {(l.record.topic, l.record.offset) for l in result.dead_letters}
+            outcome_of = {(letter.record.topic, letter.record.offset) for letter in result.dead_letters}
             acks = Counter(
                 (record.topic, DEAD_LETTERED if (record.topic, record.offset) in outcome_of else OK)
                 for record in records

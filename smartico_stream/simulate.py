@@ -30,6 +30,8 @@ from smartico_stream.store.sqlite import SqliteStore
 
 # Offline there is no arrival time: every repeat of a key within the file is inside the window.
 _OFFLINE_NOW = 0.0
+# Hand-written input files may leave records unkeyed.
+_LIMITS = PipelineLimits(require_key=False)
 
 
 class InputError(ValueError):
@@ -69,7 +71,9 @@ def _record(item: object, number: int, default_stream: Stream | None, where: str
         key = item.get("key")
     else:
         if default_stream is None:
-            raise InputError(f"{where}: a bare message needs --stream (or use {{\"stream\", \"key\", \"value\"}} lines)")
+            raise InputError(
+                f"{where}: a bare message needs --stream (or use {{\"stream\", \"key\", \"value\"}} lines)"
+            )
         stream, raw = default_stream, orjson.dumps(item)
         key = item.get("user_ext_id") if isinstance(item, dict) else None
     return RawRecord(
@@ -99,7 +103,7 @@ async def simulate(
     rules: RuleSet,
     on_actions: Callable[[list[Action]], None],
     state_path: Path | None = None,
-    limits: PipelineLimits = PipelineLimits(require_key=False),
+    limits: PipelineLimits = _LIMITS,
     batch_size: int = 1000,
     guard: PiiGuard | None = None,
     vault: PiiVault | None = None,
@@ -149,9 +153,8 @@ async def _run(
             epochs.update({tp: lease.epoch for tp, lease in leases.items()})
         adapted = pipeline.adapt(batch_records)
         needing = await store.load_users(adapted.users_needing_region())
-        result = pipeline.protect_and_dedup(
-            adapted, lambda key: state.country if (state := needing.get(key)) is not None else None
-        )
+        countries = {key: state.country for key, state in needing.items()}
+        result = pipeline.protect_and_dedup(adapted, countries.get)
         users = result.users()
         loaded = await store.load_users(users)
         states = {key: loaded.get(key) or UserState(brand=key[0], user=key[1]) for key in users}

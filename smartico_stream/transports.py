@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from smartico_stream.config import Settings
-from smartico_stream.events.raw import RawRecord, Stream
+from smartico_stream.events.raw import PartitionId, RawRecord, Stream
 from smartico_stream.observability.metrics import Metrics
 from smartico_stream.pii.payloads import Protector
 from smartico_stream.pipeline.errors import DeadLetter
 from smartico_stream.sinks.dead_letters import KafkaDeadLetterSink, RabbitMqDeadLetterSink
-from smartico_stream.sources.kafka import KafkaSource, PartitionId, PartitionListener, connection_config
+from smartico_stream.sources.kafka import KafkaSource, PartitionListener, connection_config
 from smartico_stream.sources.rabbitmq import RabbitMqSource
 
 T = TypeVar("T")
@@ -45,7 +45,9 @@ class Transport(Protocol):
 
     async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None: ...
 
-    async def handled(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> bool:
+    async def handled(
+        self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]
+    ) -> bool:
         """The batch in hand is durable: commit / ack it. False if the broker could not be told."""
 
     async def idle(self) -> None: ...
@@ -59,6 +61,11 @@ class Transport(Protocol):
     async def resume(self) -> None: ...
 
     async def close(self) -> None: ...
+
+    def lag_messages(self) -> int | None:
+        """Messages waiting in the source for this instance, as last reported by the client; None
+        when the transport does not track it."""
+        ...
 
 
 class KafkaTransport:
@@ -102,12 +109,18 @@ class KafkaTransport:
     async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
         await self._call(self._dead_letters.publish, letters, timeout_s)
 
-    async def handled(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> bool:
+    async def handled(
+        self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]
+    ) -> bool:
         await self._call(self.source.commit, next_offsets, last_timestamps)
         return True
 
     def still_owner(self) -> bool:
         return True  # ownership changes arrive through the rebalance callbacks
+
+    def lag_messages(self) -> int | None:
+        """The lag summed over the assigned partitions, from the client's last statistics."""
+        return sum(p.lag for p in self.source.lag.values())
 
     async def idle(self) -> None:
         await self._call(self.source.retry_commits)
@@ -164,11 +177,16 @@ class RabbitMqTransport:
     async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
         await asyncio.wait_for(self._dead_letters.publish(letters), timeout_s)
 
-    async def handled(self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]) -> bool:
+    async def handled(
+        self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]
+    ) -> bool:
         return await self.source.acknowledge()
 
     def still_owner(self) -> bool:
         return self.source.batch_alive()
+
+    def lag_messages(self) -> int | None:
+        return None  # queue depth is read from the broker by the queue metrics, not kept here
 
     async def idle(self) -> None:
         """Acks are not retried: an unacked message comes back and its handled id skips it."""

@@ -23,7 +23,8 @@ class RecordContext:
     stream: Stream
     topic: str
     key: str | None = None
-    headers: Mapping[str, bytes] = field(default_factory=dict)
+    # None: a Kafka header sent without a value.
+    headers: Mapping[str, bytes | None] = field(default_factory=dict)
 
 
 class AdapterError(ValueError):

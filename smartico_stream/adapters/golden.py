@@ -266,7 +266,7 @@ def _call(adapter: Adapter, message: Mapping[str, Any], context: RecordContext) 
         events = _dump_events(adapter.adapt(message, context))
     except ContractViolation:
         raise
-    except Exception as exc:  # every adapter failure is an outcome to compare, whatever its class
+    except Exception as exc:  # noqa: BLE001 - every adapter failure is an outcome to compare, whatever its class
         outcome: list[dict[str, Any]] | Exception = exc
     else:
         outcome = events

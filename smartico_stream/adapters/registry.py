@@ -74,12 +74,12 @@ def load_adapter(name: str) -> Adapter:
         adapter = factory()
     except Exception as exc:
         raise AdapterLoadError(f"adapter {name!r}: calling {entry_point.value}() failed: {exc}") from exc
-    check_adapter(adapter, origin=entry_point.value)
-    return adapter
+    return check_adapter(adapter, origin=entry_point.value)
 
 
-def check_adapter(adapter: object, *, origin: str = "adapter") -> None:
-    """Raise ``InvalidAdapter`` unless ``adapter`` has a non-empty string ``name`` and a callable ``adapt``."""
+def check_adapter(adapter: object, *, origin: str = "adapter") -> Adapter:
+    """``adapter``, once it is known to have a non-empty string ``name`` and a callable ``adapt``;
+    raise ``InvalidAdapter`` otherwise."""
     problems = []
     name = getattr(adapter, "name", None)
     if not isinstance(name, str) or not name:
@@ -89,3 +89,4 @@ def check_adapter(adapter: object, *, origin: str = "adapter") -> None:
     if problems or not isinstance(adapter, Adapter):
         wanted = " and ".join(problems) or "the Adapter protocol"
         raise InvalidAdapter(f"{origin} returned {type(adapter).__name__}, which lacks {wanted}")
+    return adapter

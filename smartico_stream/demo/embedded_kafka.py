@@ -14,15 +14,19 @@ from confluent_kafka.admin import AdminClient
 
 class EmbeddedKafka:
     def __init__(self, brokers: int = 3) -> None:
-        self._admin = AdminClient(
-            {"test.mock.num.brokers": brokers, "logger": logging.getLogger("smartico_stream.rdkafka.mock")}
+        self._admin: AdminClient | None = AdminClient(
+            {
+                "test.mock.num.brokers": brokers,
+                # The client takes a logging.Logger here (documented); its stub allows scalar values only.
+                "logger": logging.getLogger("smartico_stream.rdkafka.mock"),  # type: ignore[dict-item]
+            }
         )
         metadata = self._admin.list_topics(timeout=10)
         self.bootstrap_servers = ",".join(f"{b.host}:{b.port}" for b in metadata.brokers.values())
 
     def close(self) -> None:
         # Dropping the last reference to the creating client destroys the cluster.
-        self._admin = None  # type: ignore[assignment]
+        self._admin = None
 
     def __enter__(self) -> EmbeddedKafka:
         return self

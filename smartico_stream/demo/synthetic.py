@@ -328,7 +328,7 @@ def _cents_number(cents: int) -> orjson.Fragment:
 class _Generator:
     def __init__(self, spec: StreamSpec) -> None:
         self.spec = spec
-        self.rng = random.Random(spec.seed)
+        self.rng = random.Random(spec.seed)  # noqa: S311 - a seeded, reproducible stream, not cryptography
         self.clock = spec.start_ms
         # Steps are 1 .. 2*mean-1 ms, so the whole stream spans at most _MAX_SPAN_MS.
         mean = max(1, min(_MEAN_STEP_MS, _MAX_SPAN_MS // max(1, spec.events)))

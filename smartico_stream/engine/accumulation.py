@@ -169,7 +169,8 @@ def _exact_context(*values: Decimal) -> Context:
     """
     top = max(v.adjusted() for v in values)
     bottom = min(v.as_tuple().exponent for v in values)
-    assert isinstance(bottom, int)  # finite values only
+    if not isinstance(bottom, int):  # NaN and infinity have a letter for an exponent
+        raise AccumulationError("amount, remainder and step must be finite numbers")
     needed = top - bottom + 3
     if needed > _MAX_PRECISION or top > _MAX_PRECISION or bottom < -_MAX_PRECISION:
         raise AccumulationError("amount, remainder and step span too many digits to accumulate exactly")

@@ -61,11 +61,14 @@ class Action:
     encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Accept the JSON forms too (from_json, hand-written test data).
-        if not isinstance(self.action, ActionKind):
-            self.action = ActionKind(self.action)
-        if isinstance(self.event_time, str):
-            self.event_time = datetime.fromisoformat(self.event_time)
+        # Accept the JSON forms too (hand-written test data): the fields are typed as
+        # what they hold afterwards, so what the caller passed is checked in its wider type.
+        action: ActionKind | str = self.action
+        if not isinstance(action, ActionKind):
+            self.action = ActionKind(action)
+        event_time: datetime | str = self.event_time
+        if isinstance(event_time, str):
+            self.event_time = datetime.fromisoformat(event_time)
 
     def to_json(self) -> bytes:
         """Canonical JSON (sorted keys, Decimal as string, UTC ISO time with ms): byte-stable."""
@@ -105,7 +108,10 @@ class Action:
         # Reached only for a field not set yet, that is of an action from from_json: decode it once.
         if name not in _DECODED_FIELDS:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        data = orjson.loads(self.encoded)  # type: ignore[arg-type]
+        encoded = self.encoded
+        if encoded is None:  # a constructed action has every field set and never gets here
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        data = orjson.loads(encoded)
         # A dict lookup instead of the enum call in __post_init__: half the cost.
         self.action_id, self.rule_id, self.action = data["action_id"], data["rule_id"], _KINDS[data["action"]]
         self.params, self.brand, self.user = data["params"], data["brand"], data["user"]

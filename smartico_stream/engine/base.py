@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from smartico_stream.events.models import CanonicalEvent
-
-UserKey = tuple[str, str]
+from smartico_stream.events.raw import UserKey
 
 
 class Engine(Protocol):

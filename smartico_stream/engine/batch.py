@@ -7,12 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from smartico_stream.engine.actions import Action
-from smartico_stream.engine.base import UserKey
 from smartico_stream.engine.evaluator import Evaluation, HistoryEntry, RuleEngine
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.models import CanonicalEvent
-
-PartitionId = tuple[str, int]
+from smartico_stream.events.raw import PartitionId, UserKey
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from smartico_stream.engine.accumulation import accrue, step_for_currency
 from smartico_stream.engine.actions import Action, ActionKind, action_id
@@ -67,8 +68,10 @@ def _run_rule(rule: Rule, state: UserState, event: CanonicalEvent, out: Evaluati
     progress = state.rules.get(rule.id)
     qualification = spec.qualification
     if qualification is not None and event.type == qualification.event:
-        assert rule.qualification_condition is not None
-        if rule.qualification_condition(state, event, at):
+        qualifies = rule.qualification_condition
+        if qualifies is None:  # compile_rule compiles one for every rule with a qualification
+            raise RuntimeError(f"rule {rule.id}: its qualification condition was not compiled")
+        if qualifies(state, event, at):
             progress = progress or state.progress(rule.id)
             _qualify(rule, progress, at)
             out.history.append(_entry(state, event, rule, QUALIFIED, progress=progress))
@@ -136,6 +139,7 @@ def _executions(rule: Rule, state: UserState, event: CanonicalEvent, progress: R
     accumulation = rule.spec.accumulation
     if accumulation is None:
         return 1
+    amount: Decimal | int | None
     if accumulation.field is None:
         amount = Decimal(1)
         step = accumulation.step
@@ -149,7 +153,8 @@ def _executions(rule: Rule, state: UserState, event: CanonicalEvent, progress: R
             return 0
         if amount is None or amount < 0:
             return 0  # a missing or negative value (e.g. a balance) adds nothing to accumulate
-    assert step is not None
+    if step is None:  # the rule schema requires a step when there are no per-currency steps
+        raise RuntimeError(f"rule {rule.id}: accumulation has no step")
     accrual = accrue(progress.remainder, Decimal(amount), step, accumulation.max_executions_per_event)
     progress.remainder = accrual.remainder
     return accrual.executions
@@ -169,11 +174,12 @@ def _void_qualification(progress: RuleProgress) -> None:
     progress.remainder = ZERO
 
 
-def _apply_action_effect(state: UserState, kind: ActionKind, params: dict[str, object]) -> None:
+def _apply_action_effect(state: UserState, kind: ActionKind, params: dict[str, Any]) -> None:
+    # ActionSpec validated the params per kind: "amount" is a positive Decimal, "level" an int.
     if kind == ActionKind.GIVE_POINTS:
-        state.points += params["amount"]  # type: ignore[operator]
+        state.points += params["amount"]
     elif kind == ActionKind.DEDUCT_POINTS:
-        state.points = max(ZERO, state.points - params["amount"])  # type: ignore[operator]
+        state.points = max(ZERO, state.points - params["amount"])
     elif kind == ActionKind.RESET_POINTS:
         state.points = ZERO
     elif kind == ActionKind.MARK_USER:
@@ -181,7 +187,7 @@ def _apply_action_effect(state: UserState, kind: ActionKind, params: dict[str, o
     elif kind == ActionKind.UNMARK_USER:
         state.tags.discard(str(params["tag"]))
     elif kind == ActionKind.CHANGE_LEVEL:
-        state.level = int(params["level"])  # type: ignore[call-overload]
+        state.level = int(params["level"])
 
 
 def _entry(state: UserState, event: CanonicalEvent, rule: Rule, outcome: str, *, progress: RuleProgress | None,

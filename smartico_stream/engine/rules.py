@@ -41,6 +41,15 @@ class RuleLoadError(ValueError):
         super().__init__("invalid rules:\n" + "\n".join(f"  {p}" for p in problems))
 
 
+class RuleFieldError(ValueError):
+    """A validated rule that does not compile; ``field`` names the rule field at fault
+    (``segment``, ``trigger.condition``, ``accumulation.field``, ...)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -277,8 +286,8 @@ def load_rules(path: Path) -> RuleSet:
             try:
                 rule = compile_rule(spec)
             except (ConditionError, ValueError) as exc:
-                field, message = getattr(exc, "rule_field", "?"), str(exc)
-                problems.append(f"{rule_label}: {field}: {message}")
+                field = exc.field if isinstance(exc, RuleFieldError) else "?"
+                problems.append(f"{rule_label}: {field}: {exc}")
                 continue
             if spec.enabled:
                 compiled.append(rule)
@@ -318,8 +327,7 @@ def _compile(text: str | None, schema: dict[str, Any], field: str) -> Condition:
     try:
         return compile_condition(text, schema)
     except ConditionError as exc:
-        exc.rule_field = field  # type: ignore[attr-defined]
-        raise
+        raise RuleFieldError(field, str(exc)) from exc
 
 
 def compile_rule(spec: RuleSpec) -> Rule:
@@ -333,12 +341,11 @@ def compile_rule(spec: RuleSpec) -> Rule:
         kind = trigger_schema.get(accumulation.field) if accumulation.field.startswith("event.") else None
         if kind != FieldType.NUMBER:
             what = "is not a field of" if kind is None else f"is a {kind} field of"
-            error = ValueError(
+            raise RuleFieldError(
+                "accumulation.field",
                 f"{accumulation.field} {what} {spec.trigger.event} events, not a number; "
-                f"numeric fields: {', '.join(_numeric_fields(trigger_schema))}"
+                f"numeric fields: {', '.join(_numeric_fields(trigger_schema))}",
             )
-            error.rule_field = "accumulation.field"  # type: ignore[attr-defined]
-            raise error
     qualification_condition = None
     period = None
     if spec.qualification is not None:
@@ -362,8 +369,7 @@ def compile_rule(spec: RuleSpec) -> Rule:
                 else None,
             )
     except ValueError as exc:
-        exc.rule_field = "activity"  # type: ignore[attr-defined]
-        raise
+        raise RuleFieldError("activity", str(exc)) from exc
     return Rule(spec, segment, trigger_condition, window, qualification_condition, period)
 
 

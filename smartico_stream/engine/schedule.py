@@ -229,7 +229,9 @@ class ActivityWindow:
         """
         zone = _zone(tz)
         if isinstance(weekdays, str):
-            raise ValueError(f"weekdays must be a list of day names such as ['sat', 'sun'], got the string {weekdays!r}")
+            raise ValueError(
+                f"weekdays must be a list of day names such as ['sat', 'sun'], got the string {weekdays!r}"
+            )
         days = frozenset(Weekday.parse(d) for d in weekdays)
         hours = None if active_hours is None else _parse_hours(active_hours)
         return cls(

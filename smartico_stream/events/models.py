@@ -179,7 +179,11 @@ class Payment(CanonicalEvent):
     """Deposits (approved, failed, cancelled) and withdrawals (requested through cancelled)."""
 
     event_type: ClassVar = PAYMENT_TYPES
-    type: Literal["deposit", "deposit_failed", "deposit_cancelled", "withdrawal_requested", "withdrawal_approved", "withdrawal_completed", "withdrawal_rejected", "withdrawal_cancelled"]
+    type: Literal[
+        "deposit", "deposit_failed", "deposit_cancelled",
+        "withdrawal_requested", "withdrawal_approved", "withdrawal_completed", "withdrawal_rejected",
+        "withdrawal_cancelled",
+    ]
     amount: Amount = Field(description="amount in the user's wallet currency")
     currency: CurrencyCode | None = Field(default=None, description="core_wallet_currency of the user")
     method: str | None = Field(default=None, max_length=128, description="payment_method, e.g. PayPal")

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+# Defined here, beside RawRecord, because every stage downstream of the source (pipeline, engine,
+# store, relay, transports) keys its work by them and this is the lowest module they all import.
+PartitionId = tuple[str, int]
+"""A source partition: (topic or queue, partition number)."""
+UserKey = tuple[str, str]
+"""A user: (brand, user id)."""
+
 
 class Stream(StrEnum):
     """The operator streams the spec names. A topic (or queue) is configured as one of them."""
@@ -28,7 +35,8 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int = 0
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    # A Kafka header may carry no value (None).
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
     # RabbitMQ: the broker may deliver a message again after a crash; the id tells it was handled.
     message_id: str | None = None
     redelivered: bool = False

@@ -24,7 +24,9 @@ def render_schemas() -> dict[str, bytes]:
         schema = model.model_json_schema(mode="validation")
         schema["$id"] = f"https://smartico-stream/schemas/{schema_file_name(model)}"
         schema["x-event-types"] = sorted(model.event_type)
-        rendered[schema_file_name(model)] = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        rendered[schema_file_name(model)] = (
+            orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        )
     return rendered
 
 

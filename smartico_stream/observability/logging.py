@@ -12,12 +12,13 @@ import time
 from typing import Any
 
 import structlog
+from structlog.typing import Processor
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route structlog and stdlib logging (including librdkafka's) through one renderer."""
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

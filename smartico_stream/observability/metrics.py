@@ -6,6 +6,7 @@ partition, result, event type, error class; never a user or event id. docs/metri
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 
@@ -77,7 +78,8 @@ class Metrics:
         )
         self.lag_seconds = Gauge(
             "smartico_stream_consumer_lag_seconds",
-            "Now minus the broker timestamp of the last handled record, per assigned partition with lag; 0 when caught up",
+            "Now minus the broker timestamp of the last handled record, per assigned partition with lag; "
+            "0 when caught up",
             ["topic", "partition"], registry=r,
         )
         self.high_watermark = Gauge(
@@ -187,10 +189,8 @@ class Metrics:
         """Drop per-partition series of a partition this instance no longer owns."""
         labels = (topic, str(partition))
         for gauge in (self.lag_messages, self.lag_seconds, self.high_watermark, self.committed_offset):
-            try:
+            with contextlib.suppress(KeyError):  # no series was ever set for the partition
                 gauge.remove(*labels)
-            except KeyError:
-                pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

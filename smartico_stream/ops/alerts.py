@@ -115,7 +115,7 @@ def _anchor(alert: str) -> str:
 
 def _alert(params: AlertParams, name: str, expr: str, for_: str, severity: str, summary: str, description: str,
            extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    labels = {"severity": severity, **{k: v for k, v in sorted(params.selector.items())}, **(extra_labels or {})}
+    labels = {"severity": severity, **dict(sorted(params.selector.items())), **(extra_labels or {})}
     rule: dict[str, Any] = {"alert": name, "expr": _fold(expr)}
     if for_ not in ("0", "0s", "0m"):
         rule["for"] = for_
@@ -228,7 +228,8 @@ max {_by('topic', 'partition')} (changes({committed}[{p.stall_window}])) > 0
     if p.kafka_consumer_group:
         alerts.append(_alert(
             p, "KafkaConsumerGroupWithoutMembers",
-            f'sum by (consumergroup) (kafka_consumergroup_members{{consumergroup=~"{_escape(p.kafka_consumer_group)}"}}) == 0',
+            "sum by (consumergroup) "
+            f'(kafka_consumergroup_members{{consumergroup=~"{_escape(p.kafka_consumer_group)}"}}) == 0',
             p.no_consumers_for, "critical",
             "Kafka consumer group {{ $labels.consumergroup }} has no member",
             "Broker-side check (kafka_exporter): the group exists but no consumer has been a member for "
@@ -261,7 +262,8 @@ sum {_by('topic')} (rate(smartico_stream_records_total{sel}[{p.dead_letter_windo
         ),
         _alert(
             p, "SmarticoStreamRebalanceStorm",
-            f'max {_by()} (increase(smartico_stream_rebalances_total{_matchers(p, kind="assigned")}[{p.rebalance_window}])) > {p.rebalance_max}',
+            f'max {_by()} (increase(smartico_stream_rebalances_total{_matchers(p, kind="assigned")}'
+            f"[{p.rebalance_window}])) > {p.rebalance_max}",
             p.rebalance_for, "warning",
             f"Consumer group rebalancing continuously for {where}",
             f"An instance saw more than {p.rebalance_max} partition assignments in {p.rebalance_window}. Each "
@@ -337,8 +339,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         params = params_from_settings(load_settings(args.config, environ={}), args.operator, **overrides)
     else:
-        params = replace(AlertParams(), **overrides,
-                         **({"selector": {"operator": args.operator}} if args.operator else {}))
+        params = replace(AlertParams(), **overrides)
+        if args.operator:
+            params = replace(params, selector={"operator": args.operator})
     document = render_rules(params) if args.format == "rules" else render_prometheus_rule(params, args.name)
     sys.stdout.write(dump(document, list(argv if argv is not None else sys.argv[1:])))
     return 0

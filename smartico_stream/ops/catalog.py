@@ -41,6 +41,8 @@ def exported_metrics() -> list[MetricFamily]:
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             kind = value._type
+            if kind is None:  # only the abstract wrapper base has no type
+                raise TypeError(f"metric {value._name} has no type")
             base = value._name
             labels = tuple(value._labelnames)
             series = tuple(base + suffix for suffix in _SUFFIXES[kind])

@@ -50,10 +50,12 @@ class Row:
 def rows() -> list[Row]:
     return [
         Row("Overview", [
-            Panel("Instances ready", [(f"sum(smartico_stream_ready{{{SEL}}})", "ready")], kind="stat", width=4, height=4,
+            Panel("Instances ready", [(f"sum(smartico_stream_ready{{{SEL}}})", "ready")],
+                  kind="stat", width=4, height=4,
                   description="Instances connected and joined to the group (/readyz)."),
-            Panel("Total lag", [(f"sum(max by (topic, partition) (smartico_stream_consumer_lag_messages{{{TOPIC_SEL}}}))",
-                                 "messages")], kind="stat", width=5, height=4,
+            Panel("Total lag", [(
+                f"sum(max by (topic, partition) (smartico_stream_consumer_lag_messages{{{TOPIC_SEL}}}))",
+                "messages")], kind="stat", width=5, height=4,
                   description="High watermark minus committed offset, summed over the selected topics' partitions."),
             Panel("Max lag (seconds)", [(f"max(smartico_stream_consumer_lag_seconds{{{TOPIC_SEL}}})", "seconds")],
                   unit="s", kind="stat", width=5, height=4,
@@ -91,29 +93,35 @@ def rows() -> list[Row]:
                 f"sum by (type) (rate(smartico_stream_events_total{{{SEL}}}[{RATE}]))", "{{type}}")],
                 unit="reqps", stack=True),
             Panel("Batch processing time", [
-                (f"histogram_quantile(0.5, sum by (le) (rate(smartico_stream_batch_processing_seconds_bucket{{{SEL}}}[{RATE}])))", "p50"),
-                (f"histogram_quantile(0.95, sum by (le) (rate(smartico_stream_batch_processing_seconds_bucket{{{SEL}}}[{RATE}])))", "p95"),
-                (f"histogram_quantile(0.99, sum by (le) (rate(smartico_stream_batch_processing_seconds_bucket{{{SEL}}}[{RATE}])))", "p99"),
+                (f"histogram_quantile({q}, sum by (le) "
+                 f"(rate(smartico_stream_batch_processing_seconds_bucket{{{SEL}}}[{RATE}])))", f"p{p}")
+                for q, p in (("0.5", 50), ("0.95", 95), ("0.99", 99))
             ], unit="s", description="One batch, decode to commit."),
             Panel("Store commit time and batch size", [
-                (f"histogram_quantile(0.95, sum by (le) (rate(smartico_stream_store_commit_seconds_bucket{{{SEL}}}[{RATE}])))", "store commit p95 (s)"),
-                (f"sum(rate(smartico_stream_batch_records_sum{{{SEL}}}[{RATE}])) / sum(rate(smartico_stream_batch_records_count{{{SEL}}}[{RATE}]))", "mean batch size (records)"),
+                ("histogram_quantile(0.95, sum by (le) "
+                 f"(rate(smartico_stream_store_commit_seconds_bucket{{{SEL}}}[{RATE}])))", "store commit p95 (s)"),
+                (f"sum(rate(smartico_stream_batch_records_sum{{{SEL}}}[{RATE}])) "
+                 f"/ sum(rate(smartico_stream_batch_records_count{{{SEL}}}[{RATE}]))", "mean batch size (records)"),
             ], unit="short"),
         ]),
         Row("Dead letters and dedup", [
             Panel("Dead letters by stage and error class", [(
-                f"sum by (topic, stage, error_class) (rate(smartico_stream_dead_letters_total{{{TOPIC_SEL}}}[{RATE}]))",
+                "sum by (topic, stage, error_class) "
+                f"(rate(smartico_stream_dead_letters_total{{{TOPIC_SEL}}}[{RATE}]))",
                 "{{topic}} {{stage}} {{error_class}}")], unit="reqps", stack=True),
             Panel("Dedup drops", [
-                (f"sum by (topic) (rate(smartico_stream_dedup_hits_total{{{TOPIC_SEL}}}[{RATE}]))", "{{topic}} repeats dropped"),
+                (f"sum by (topic) (rate(smartico_stream_dedup_hits_total{{{TOPIC_SEL}}}[{RATE}]))",
+                 "{{topic}} repeats dropped"),
                 (f"sum(rate(smartico_stream_dedup_evictions_total{{{SEL}}}[{RATE}]))", "keys evicted (window full)"),
             ], unit="reqps"),
             Panel("Dedup window keys", [(
                 f"sum by (instance) (smartico_stream_dedup_window_keys{{{SEL}}})", "{{instance}}")]),
             Panel("Consumer errors, failed commits, redone batches", [
-                (f"sum by (code) (rate(smartico_stream_consumer_errors_total{{{SEL}}}[{RATE}]))", "consumer error {{code}}"),
+                (f"sum by (code) (rate(smartico_stream_consumer_errors_total{{{SEL}}}[{RATE}]))",
+                 "consumer error {{code}}"),
                 (f'sum(rate(smartico_stream_commits_total{{{SEL}, result="failure"}}[{RATE}]))', "commit failures"),
-                (f"sum by (reason) (rate(smartico_stream_batch_retries_total{{{SEL}}}[{RATE}]))", "batch redone: {{reason}}"),
+                (f"sum by (reason) (rate(smartico_stream_batch_retries_total{{{SEL}}}[{RATE}]))",
+                 "batch redone: {{reason}}"),
             ], unit="reqps"),
         ]),
         Row("Consumer group", [
@@ -125,8 +133,10 @@ def rows() -> list[Row]:
                 f"sum by (instance, topic) (smartico_stream_assigned_partitions{{{TOPIC_SEL}}})",
                 "{{instance}} {{topic}}")], stack=True),
             Panel("Seconds since last commit / poll-loop heartbeat", [
-                (f"time() - max by (instance) (smartico_stream_last_commit_timestamp_seconds{{{SEL}}})", "{{instance}} since commit"),
-                (f"time() - max by (instance) (smartico_stream_poll_loop_heartbeat_timestamp_seconds{{{SEL}}})", "{{instance}} since heartbeat"),
+                (f"time() - max by (instance) (smartico_stream_last_commit_timestamp_seconds{{{SEL}}})",
+                 "{{instance}} since commit"),
+                (f"time() - max by (instance) (smartico_stream_poll_loop_heartbeat_timestamp_seconds{{{SEL}}})",
+                 "{{instance}} since heartbeat"),
             ], unit="s", description="/healthz fails when the heartbeat is older than metrics.heartbeat_timeout_s."),
             Panel("Ready and paused", [
                 (f"sum by (instance) (smartico_stream_ready{{{SEL}}})", "{{instance}} ready"),
@@ -264,9 +274,11 @@ def dashboard() -> dict[str, Any]:
             {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
              "current": {}, "refresh": 1, "hide": 0},
             _variable("namespace", "Namespace", "label_values(smartico_stream_build_info, namespace)"),
-            _variable("operator", "Operator", 'label_values(smartico_stream_build_info{namespace=~"$namespace"}, operator)'),
+            _variable("operator", "Operator",
+                      'label_values(smartico_stream_build_info{namespace=~"$namespace"}, operator)'),
             _variable("consumer_group", "Consumer group",
-                      'label_values(smartico_stream_build_info{namespace=~"$namespace", operator=~"$operator"}, consumer_group)'),
+                      'label_values(smartico_stream_build_info{namespace=~"$namespace", operator=~"$operator"}, '
+                      "consumer_group)"),
             _variable("topic", "Topic", f"label_values(smartico_stream_records_total{{{SEL}}}, topic)"),
         ]},
         "panels": panels,

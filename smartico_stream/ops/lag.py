@@ -175,6 +175,9 @@ def report(settings: Settings, timeout_s: float = 10.0) -> LagReport:
 
 
 def render_table(lag: LagReport) -> str:
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    footer: tuple[str, ...]
     if lag.source == "kafka":
         header = ("TOPIC", "PARTITION", "COMMITTED", "HIGH_WATERMARK", "LAG")
         rows = [
@@ -193,7 +196,8 @@ def render_table(lag: LagReport) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = [title]
     for row in table:
-        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        cells = enumerate(zip(row, widths, strict=True))
+        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in cells))
     return "\n".join(lines)
 
 
@@ -205,7 +209,9 @@ def lag_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=True, dir_okay=False)],
     max_lag: Annotated[
         int | None,
-        typer.Option("--max-lag", min=0, help="exit 1 when the total lag (Kafka) or ready messages (RabbitMQ) exceed this"),
+        typer.Option(
+            "--max-lag", min=0, help="exit 1 when the total lag (Kafka) or ready messages (RabbitMQ) exceed this"
+        ),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0,

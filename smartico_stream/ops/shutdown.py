@@ -17,7 +17,7 @@ What Service.run does after SIGTERM, each step with its bound (figures from the 
 
 from __future__ import annotations
 
-from typing import Any
+from smartico_stream.config import Settings
 
 STORE_COMMIT_S = 5.0
 RELAY_DRAIN_S = 5.0
@@ -26,7 +26,7 @@ DEAD_LETTER_CLOSE_S = 10.0
 SINK_CLOSE_S = 10.0
 
 
-def shutdown_budget_s(settings: Any) -> float:
+def shutdown_budget_s(settings: Settings) -> float:
     """Worst-case seconds from SIGTERM to exit for this configuration."""
     return (
         settings.kafka.dead_letter_flush_timeout_s

@@ -2,7 +2,8 @@
 
 Token format (version 1), all one ``bytes`` value::
 
-    b"v1" | key-id length (1 byte, 1..32) | key id (ASCII) | nonce (12 random bytes) | AES-256-GCM ciphertext || 16-byte tag
+    b"v1" | key-id length (1 byte, 1..32) | key id (ASCII) | nonce (12 random bytes)
+          | AES-256-GCM ciphertext || 16-byte tag
 
 The AES-GCM associated data is the token header (``b"v1" | length | key id``) followed by the
 caller's ``aad``. The caller's part binds a ciphertext to its row and field (for example

@@ -150,15 +150,14 @@ class KeyRing:
         A file readable or writable by group or others is refused (with the ``chmod`` to run):
         the key ring is the one secret that makes the encrypted PII store worth anything.
         """
-        if (file is None) == (env_var is None):
-            raise PiiKeyError("give exactly one PII key ring source: a key file or an environment variable")
-        if env_var is not None:
+        if file is None and env_var is not None:
             value = environ.get(env_var)
             if value is None or not value.strip():
                 raise PiiKeyError(f"environment variable {env_var} (PII key ring) is not set or empty")
             return cls.from_json(value, origin=f"environment variable {env_var}")
+        if file is None or env_var is not None:
+            raise PiiKeyError("give exactly one PII key ring source: a key file or an environment variable")
 
-        assert file is not None
         path = Path(file)
         try:
             # Check the mode on the opened descriptor, not the path, so a swap between the check

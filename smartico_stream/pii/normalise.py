@@ -78,13 +78,13 @@ def _rank(number: PhoneNumber) -> int:
     return 0
 
 
-def normalise_phone(raw: str, country: str | None) -> NormalisedPhone:
+def normalise_phone(raw: object, country: str | None) -> NormalisedPhone:
     """Normalise ``raw`` to E.164, reading national formats as numbers of ``country``.
 
     ``country`` is the user's ISO alpha-2 ``user_country``; input with ``+CC`` or ``00CC`` keeps
     its own country code regardless (a German number of a UK user stays German). Spaces, dashes,
     dots and parentheses are ignored. Never raises: garbage gives
-    ``NormalisedPhone(None, False, <country>)``.
+    ``NormalisedPhone(None, False, <country>)``, and so does anything that is not a string.
     """
     region = _region(country)
     garbage = NormalisedPhone(None, False, region)
@@ -124,14 +124,15 @@ def _region_of(number: PhoneNumber, default: str | None) -> str | None:
         return default
     # For shared codes (+1: US, CA, ...) pick the region by number; fall back to the code's main
     # region when the number matches none (e.g. an invalid +1 number).
-    region = phonenumbers.region_code_for_number(number) or phonenumbers.region_code_for_country_code(
-        number.country_code
-    )
-    return None if region in _NOT_A_REGION else region
+    region = phonenumbers.region_code_for_number(number)
+    if not region and number.country_code is not None:
+        region = phonenumbers.region_code_for_country_code(number.country_code)
+    return None if not region or region in _NOT_A_REGION else region
 
 
-def normalise_email(raw: str) -> str | None:
-    """Trimmed, lower-cased email, or ``None`` when nothing is left after trimming.
+def normalise_email(raw: object) -> str | None:
+    """Trimmed, lower-cased email, or ``None`` when nothing is left after trimming (or ``raw`` is
+    not a string).
 
     No validation here (see :func:`is_plausible_email`): a malformed address still needs one
     stable form for its lookup hash.

@@ -11,7 +11,9 @@ from smartico_stream.pii.keys import KeyRing
 PROTECTION_HEADER = "x-smartico-payload-protection"
 ORIGINAL_BYTES_HEADER = "x-smartico-payload-bytes"
 
-Protector = Callable[[bytes | None, str, int, int], tuple[bytes | None, list[tuple[str, bytes]]]]
+# The value a dead letter carries and the headers that say how it was protected.
+Protected = tuple[bytes | None, list[tuple[str, bytes]]]
+Protector = Callable[[bytes | None, str, int, int], Protected]
 
 
 def dead_letter_aad(topic: str, partition: int, offset: int) -> bytes:
@@ -19,7 +21,7 @@ def dead_letter_aad(topic: str, partition: int, offset: int) -> bytes:
 
 
 def encrypting(ring: KeyRing) -> Protector:
-    def protect(value: bytes | None, topic: str, partition: int, offset: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    def protect(value: bytes | None, topic: str, partition: int, offset: int) -> Protected:
         if value is None:
             return None, []
         token = encrypt(ring, value, dead_letter_aad(topic, partition, offset))
@@ -28,20 +30,27 @@ def encrypting(ring: KeyRing) -> Protector:
     return protect
 
 
-def redacting(value: bytes | None, topic: str, partition: int, offset: int) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+def redacting(value: bytes | None, topic: str, partition: int, offset: int) -> Protected:
     if value is None:
         return None, []
     return None, [(PROTECTION_HEADER, b"redacted"), (ORIGINAL_BYTES_HEADER, str(len(value)).encode())]
 
 
-def reveal_dead_letter(ring: KeyRing, value: bytes, headers: Mapping[str, bytes]) -> bytes:
+def reveal_dead_letter(ring: KeyRing, value: bytes, headers: Mapping[str, bytes | None]) -> bytes:
     """The original payload of an encrypted dead letter (its source coordinates are in its headers)."""
-    protection = headers.get(PROTECTION_HEADER, b"").decode()
+    protection = (headers.get(PROTECTION_HEADER) or b"").decode()
     if not protection.startswith("aes-256-gcm"):
         raise ValueError(f"this dead letter's payload is not encrypted (protection: {protection or 'none'})")
     aad = dead_letter_aad(
-        headers["x-smartico-source-topic"].decode(),
-        int(headers["x-smartico-source-partition"]),
-        int(headers["x-smartico-source-offset"]),
+        _coordinate(headers, "x-smartico-source-topic").decode(),
+        int(_coordinate(headers, "x-smartico-source-partition")),
+        int(_coordinate(headers, "x-smartico-source-offset")),
     )
     return decrypt(ring, value, aad)
+
+
+def _coordinate(headers: Mapping[str, bytes | None], name: str) -> bytes:
+    value = headers[name]
+    if value is None:
+        raise ValueError(f"this dead letter's {name} header has no value")
+    return value

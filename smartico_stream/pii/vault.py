@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from smartico_stream.pii.crypto import decrypt, lookup_hash, reencrypt, token_key_id
 from smartico_stream.pii.keys import KeyRing
 from smartico_stream.store.schema import Migrations
-from smartico_stream.store.sql import Database
+from smartico_stream.store.sql import Connection, Database
 
 PII_MIGRATIONS: Migrations = [
     (
@@ -131,7 +131,10 @@ class PiiVault:
                 if not rows:
                     return total
                 updated = [
-                    (reencrypt(self.ring, bytes(token), value_aad(brand, user, field)), self.ring.current, brand, user, field)
+                    (
+                        reencrypt(self.ring, bytes(token), value_aad(brand, user, field)),
+                        self.ring.current, brand, user, field,
+                    )
                     for brand, user, field, token in rows
                 ]
                 await conn.executemany(
@@ -159,9 +162,9 @@ class PiiVault:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     @staticmethod
-    async def _audit(conn: object, actor: str, purpose: str, action: str, brand: str | None, user: str | None,
+    async def _audit(conn: Connection, actor: str, purpose: str, action: str, brand: str | None, user: str | None,
                      field: str | None) -> None:
-        await conn.execute(  # type: ignore[attr-defined]
+        await conn.execute(
             "INSERT INTO pii_audit (at, actor, purpose, action, brand, user_id, field) VALUES (?, ?, ?, ?, ?, ?, ?)",
             _now(), actor, purpose, action, brand, user, field,
         )

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from smartico_stream.adapters.base import Adapter, RecordContext
-from smartico_stream.engine.base import Engine, UserKey
+from smartico_stream.engine.base import Engine
 from smartico_stream.events.models import CanonicalEvent, SourceCoordinates, UserProfile
-from smartico_stream.events.raw import RawRecord, Stream
+from smartico_stream.events.raw import PartitionId, RawRecord, Stream, UserKey
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiRecord
 from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
@@ -38,7 +38,6 @@ DEDUPLICATED = "deduplicated"
 DEAD_LETTERED = "dead_lettered"
 
 RecordId = tuple[str, int, int]  # topic, partition, offset
-PartitionId = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,18 +205,18 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - an engine bug on one user must not stop the others
                 errors = [(0, exc)]
             failed_indexes = set()
-            for index, exc in errors:
-                failed.setdefault(id(pairs[index][0]), exc)
+            for index, error in errors:
+                failed.setdefault(id(pairs[index][0]), error)
                 failed_indexes.add(index)
             for index, (_, event) in enumerate(pairs):
                 if index not in failed_indexes:
                     result.events_by_type[event.type] += 1
             result.events_applied += len(pairs) - len(failed_indexes)
         for item in result.accepted:
-            exc = failed.get(id(item))
-            if exc is not None:
+            failure = failed.get(id(item))
+            if failure is not None:
                 record = item.record
-                result.engine_failures[(record.topic, record.partition, record.offset)] = exc
+                result.engine_failures[(record.topic, record.partition, record.offset)] = failure
             else:
                 result.results[(item.record.topic, OK)] += 1
         return result

@@ -16,13 +16,12 @@ from typing import Any, Protocol
 import orjson
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from smartico_stream.events.raw import RawRecord
+from smartico_stream.events.raw import PartitionId, RawRecord
 from smartico_stream.observability.logging import get_logger
 from smartico_stream.observability.metrics import Metrics
 
 log = get_logger(__name__)
 
-PartitionId = tuple[str, int]
 
 # Settings the service owns: changing them would break "commit only what was handled".
 _ENFORCED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -292,17 +291,32 @@ class KafkaSource:
 
 
 def _to_record(message: Message) -> RawRecord:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    # The client types these as optional because error events have none; a consumed record always has them.
+    if topic is None or partition is None or offset is None:
+        raise RuntimeError(f"consumed Kafka message without coordinates ({topic}, {partition}, {offset})")
     _, timestamp_ms = message.timestamp()
     return RawRecord(
         transport="kafka",
-        topic=message.topic(),
-        partition=message.partition(),
-        offset=message.offset(),
+        topic=topic,
+        partition=partition,
+        offset=offset,
         key=message.key(),
         value=message.value(),
         timestamp_ms=max(timestamp_ms, 0),
-        headers=message.headers() or [],
+        headers=message_headers(message),
     )
+
+
+def message_headers(message: Message) -> list[tuple[str, bytes | None]]:
+    """A consumed message's headers, in order; None is the value of a header sent without one."""
+    headers = message.headers()
+    if not headers:
+        return []
+    # The client's type also covers what a producer may pass (a dict, text values); a consumed
+    # message has a list of bytes or None values.
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(name, value.encode() if isinstance(value, str) else value) for name, value in items]
 
 
 def _fmt(ids: list[PartitionId]) -> list[str]:

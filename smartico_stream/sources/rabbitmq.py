@@ -10,13 +10,14 @@ after the batch was handled. It knows nothing of adapters, rules or stores.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import time
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection, FieldValue
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from smartico_stream.config import RabbitMqSettings
@@ -104,16 +105,12 @@ class RabbitMqSource:
         deadline = time.monotonic() + timeout_s
         while not self._buffer and time.monotonic() < deadline:
             self._filled.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # nothing yet: check the deadline again
                 await asyncio.wait_for(self._filled.wait(), min(0.05, max(deadline - time.monotonic(), 0.001)))
-            except TimeoutError:
-                pass
         if self._buffer and len(self._buffer) < self._settings.batch_size:
             self._filled.clear()
-            try:
+            with contextlib.suppress(TimeoutError):  # a partial batch goes as it is
                 await asyncio.wait_for(self._filled.wait(), self._settings.batch_wait_s)
-            except TimeoutError:
-                pass
         batch, self._buffer = self._buffer[: self._settings.batch_size], self._buffer[self._settings.batch_size :]
         # Messages from a channel that died are back in the queue (redelivered, flagged): handling
         # them here would be wasted and acking them impossible.
@@ -165,7 +162,7 @@ class RabbitMqSource:
     async def _topology(self, channel: AbstractChannel) -> dict[str, Any]:
         """Declare (or, with declare=false, check) the topology; the stream queues by name."""
         settings = self._settings
-        arguments = {"x-single-active-consumer": True, "x-queue-type": settings.queue_type}
+        arguments: dict[str, FieldValue] = {"x-single-active-consumer": True, "x-queue-type": settings.queue_type}
         queues: dict[str, Any] = {}
         try:
             if settings.declare:
@@ -179,7 +176,7 @@ class RabbitMqSource:
                 await catch_all.bind(dead_letters, routing_key="#")
             else:
                 await channel.get_exchange(settings.dead_letter_exchange, ensure=True)
-            for stream, exchange_name in settings.exchanges.items():
+            for exchange_name in settings.exchanges.values():
                 if settings.declare:
                     exchange = await channel.declare_exchange(exchange_name, "x-consistent-hash", durable=True)
                 else:

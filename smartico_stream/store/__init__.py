@@ -9,25 +9,32 @@ from smartico_stream.store.sql import Database
 def open_database(url: str, schema: str | None = None, sqlite_synchronous: str = "FULL") -> Database:
     """``sqlite:///path/to/file.db`` (or a bare path) or ``postgresql://...`` (optionally in ``schema``).
     ``sqlite_synchronous`` is SQLite's ``PRAGMA synchronous`` (PostgreSQL's is the server's choice)."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if _is_postgres(url):
         from smartico_stream.store.postgres import PostgresDatabase
 
         return PostgresDatabase(url, schema=schema)
     from smartico_stream.store.sqlite import SqliteDatabase
 
-    return SqliteDatabase(url.removeprefix("sqlite:///").removeprefix("sqlite://"), sqlite_synchronous)
+    return SqliteDatabase(_sqlite_path(url), sqlite_synchronous)
 
 
 def open_store_from_url(url: str, schema: str | None = None, sqlite_synchronous: str = "FULL") -> Store:
     """The state store at ``url`` (see :func:`open_database`)."""
-    db = open_database(url, schema, sqlite_synchronous)
-    if db.dialect == "postgres":
+    if _is_postgres(url):
         from smartico_stream.store.postgres import PostgresStore
 
         return PostgresStore(url, schema=schema)
     from smartico_stream.store.sqlite import SqliteStore
 
-    return SqliteStore(db.path, sqlite_synchronous)  # type: ignore[attr-defined]
+    return SqliteStore(_sqlite_path(url), sqlite_synchronous)
+
+
+def _is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def _sqlite_path(url: str) -> str:
+    return url.removeprefix("sqlite:///").removeprefix("sqlite://")
 
 
 __all__ = [

@@ -16,9 +16,7 @@ from typing import NamedTuple, Protocol
 from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import UserState
-
-PartitionId = tuple[str, int]
-UserKey = tuple[str, str]
+from smartico_stream.events.raw import PartitionId, UserKey
 
 
 class FencedError(RuntimeError):
@@ -94,7 +92,9 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def acquire(self, partitions: Sequence[PartitionId], owner: str, dedup_since: float) -> dict[PartitionId, Lease]:
+    async def acquire(
+        self, partitions: Sequence[PartitionId], owner: str, dedup_since: float
+    ) -> dict[PartitionId, Lease]:
         """Take over partitions: bump each lease's epoch (fencing the previous owner) and return
         where to resume and the dedup keys first seen at or after ``dedup_since``."""
 
@@ -116,7 +116,9 @@ class Store(Protocol):
     async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
         """Rows not yet delivered to every sink, for these partitions."""
 
-    async def prune_outbox(self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime) -> int:
+    async def prune_outbox(
+        self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime
+    ) -> int:
         """Delete rows of these partitions that every one of ``sinks`` has delivered and that were
         committed before ``committed_before``; the number deleted. With no sinks, nothing."""
 

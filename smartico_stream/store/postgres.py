@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from smartico_stream.store.base import ConflictError
-from smartico_stream.store.schema import Migrations, apply_migrations
+from smartico_stream.store.schema import Dialect, Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
 
 
@@ -50,7 +50,7 @@ class _PgConnection:
 class PostgresDatabase:
     """A connection pool with transactions; ``schema`` (created if missing) isolates one deployment."""
 
-    dialect = "postgres"
+    dialect: Dialect = "postgres"
 
     def __init__(self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
         self.dsn = dsn

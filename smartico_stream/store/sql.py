@@ -6,13 +6,15 @@ SQL uses ``?`` placeholders; the PostgreSQL connection rewrites them to ``$n``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import UserState
-from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow, PartitionId, UserKey
+from smartico_stream.events.raw import PartitionId, UserKey
+from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow
 from smartico_stream.store.schema import STATE_MIGRATIONS, Dialect, Migrations, to_signed, to_unsigned
 
 
@@ -72,11 +74,13 @@ class Database(Protocol):
 
     async def close(self) -> None: ...
 
-    def transaction(self) -> Any:
-        """Async context manager: a Connection inside one write transaction."""
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A Connection inside one write transaction."""
+        ...
 
-    def connection(self) -> Any:
-        """Async context manager: a Connection for reads."""
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
+        """A Connection for reads."""
+        ...
 
 
 class SqlStore:
@@ -96,15 +100,17 @@ class SqlStore:
     async def close(self) -> None:
         await self.db.close()
 
-    def transaction(self) -> Any:
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
         return self.db.transaction()
 
-    def connection(self) -> Any:
+    def connection(self) -> AbstractAsyncContextManager[Connection]:
         return self.db.connection()
 
     # partitions --------------------------------------------------------------------------------
 
-    async def acquire(self, partitions: Sequence[PartitionId], owner: str, dedup_since: float) -> dict[PartitionId, Lease]:
+    async def acquire(
+        self, partitions: Sequence[PartitionId], owner: str, dedup_since: float
+    ) -> dict[PartitionId, Lease]:
         leases: dict[PartitionId, Lease] = {}
         async with self.transaction() as conn:
             for topic, part in sorted(partitions):  # one lock order for every writer: no deadlocks
@@ -114,7 +120,10 @@ class SqlStore:
                     "epoch = partition_leases.epoch + 1, acquired_at = excluded.acquired_at",
                     topic, part, owner, _now(),
                 )
-                epoch = (await conn.fetch("SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?", topic, part))[0][0]
+                lease_rows = await conn.fetch(
+                    "SELECT epoch FROM partition_leases WHERE topic = ? AND part = ?", topic, part
+                )
+                epoch = lease_rows[0][0]
                 offset_rows = await conn.fetch(
                     "SELECT next_offset FROM source_offsets WHERE topic = ? AND part = ?", topic, part
                 )
@@ -161,7 +170,8 @@ class SqlStore:
         for brand, users in _by_brand(keys).items():
             for chunk in _chunks(users, self._VERSION_CHUNK):
                 rows = await conn.fetch(
-                    f"SELECT user_id, {columns} FROM users WHERE brand = ? AND user_id IN ({_placeholders(len(chunk))})",
+                    f"SELECT user_id, {columns} FROM users "
+                    f"WHERE brand = ? AND user_id IN ({_placeholders(len(chunk))})",
                     brand, *chunk,
                 )
                 found += [(brand, *row) for row in rows]
@@ -201,7 +211,10 @@ class SqlStore:
                     "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (action.action_id, topic, part, action.brand, action.user, action.rule_id, action.to_json(), now)
+                        (
+                            action.action_id, topic, part, action.brand, action.user, action.rule_id,
+                            action.to_json(), now,
+                        )
                         for (topic, part), action in batch.actions
                     ],
                 )
@@ -375,7 +388,9 @@ class SqlStore:
                 backlog += int((await conn.fetch(sql, *args))[0][0])
         return backlog
 
-    async def prune_outbox(self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime) -> int:
+    async def prune_outbox(
+        self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime
+    ) -> int:
         if not sinks or not partitions:
             return 0  # without sinks the actions wait for one to be configured
         deleted = 0
@@ -424,7 +439,8 @@ class SqlStore:
             )
         return [
             HistoryEntry(
-                brand=r[0], user=r[1], rule_id=r[2], event_id=r[3], event_type=r[4], event_time=_dt(r[5]),  # type: ignore[arg-type]
+                brand=r[0], user=r[1], rule_id=r[2], event_id=r[3], event_type=r[4],
+                event_time=datetime.fromisoformat(r[5]),  # NOT NULL: every history row has its event's time
                 outcome=r[6], executions=int(r[7]), reason=r[8], qualified_at=_dt(r[9]), qualified_until=_dt(r[10]),
             )
             for r in rows

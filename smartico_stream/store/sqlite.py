@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from smartico_stream.store.schema import Migrations, apply_migrations
+from smartico_stream.store.schema import Dialect, Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
 
 
@@ -33,7 +33,7 @@ class SqliteDatabase:
     """A database file with transactions. Calls run on the event loop's thread: local SQLite calls
     take microseconds, and one connection used from one thread needs no locking."""
 
-    dialect = "sqlite"
+    dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
         self.path = Path(path)
