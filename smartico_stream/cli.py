@@ -1,37 +1,130 @@
-"""``smartico-stream``: run the service, the demo, and the tools around them."""
+"""smartico-stream: run the service, the demo, and the tools around them.
+
+Exit codes: 0 ok; 1 a check failed (rules check, schemas check, adapters test, lag above --max-lag);
+2 invalid configuration; 3 a dependency (broker, database) unreachable. Errors are one line (a list
+for configuration problems); --debug shows the traceback of an unexpected one.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 import uvloop
+from typer.core import TyperGroup
 
-from smartico_stream.config import ConfigError, load_settings
+from smartico_stream.config import (
+    EXIT_CHECK_FAILED,
+    EXIT_CONFIG,
+    EXIT_UNREACHABLE,
+    RDKAFKA_ENV_PREFIX,
+    ConfigError,
+    StartupError,
+    connection_problems,
+    load_settings,
+)
 from smartico_stream.observability.logging import configure_logging
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-adapters_app = typer.Typer(no_args_is_help=True, help="Operator adapters: list them, run their golden files.")
-schemas_app = typer.Typer(no_args_is_help=True, help="JSON Schema of the canonical events.")
-rules_app = typer.Typer(no_args_is_help=True, help="Automation rules: validate them, list the fields they can use.")
-pii_app = typer.Typer(no_args_is_help=True, help="Personal data: keys, rotation, audited decryption (docs/pii.md).")
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaException
+
+    from smartico_stream.config import Settings
+
+
+def user_error(exc: Exception) -> tuple[int, str]:
+    """The exit code and the one-line message for an error that escaped a command. Known errors say
+    what they are about (setting, resource); anything else is named by its class only, because its
+    message may quote a record's content (run with --debug for the traceback)."""
+    if isinstance(exc, (ConfigError, StartupError)):
+        return exc.exit_code, str(exc)
+    if type(exc).__name__ == "KafkaException":  # not imported here: most commands never load librdkafka
+        return _kafka_error(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return EXIT_CHECK_FAILED, f"smartico-stream: {exc.strerror}{where}"
+    return EXIT_CHECK_FAILED, f"smartico-stream: unexpected {type(exc).__name__} (run with --debug for the traceback)"
+
+
+def _kafka_error(exc: Exception) -> tuple[int, str]:
+    error = exc.args[0] if exc.args else exc
+    text = error.str() if hasattr(error, "str") else str(error)
+    invalid = hasattr(error, "code") and error.code() == -186  # _INVALID_ARG: a setting librdkafka refuses
+    return (EXIT_CONFIG if invalid else EXIT_UNREACHABLE), f"kafka: {text}"
+
+
+class _Commands(TyperGroup):
+    """The command tree. An error escaping a command becomes one line on stderr and its exit code
+    (:func:`user_error`), never a traceback, unless ``--debug`` asks for it."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's vendored click Context
+        try:
+            return super().invoke(ctx)
+        except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exit codes: as typer shows them
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            code, message = user_error(exc)
+            typer.echo(message, err=True)
+            ctx.exit(code)
+
+
+# Plain text help (no rich boxes, `--json` shown as the flag it is); no pretty tracebacks (see _Commands).
+app = typer.Typer(
+    cls=_Commands, no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+adapters_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Operator adapters: list them, run their golden files.")
+schemas_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="JSON Schema of the canonical events.")
+rules_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="Automation rules: validate them, list the fields they can use.")
+pii_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                      help="Personal data: keys, rotation, audited decryption (docs/pii.md).")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(rules_app, name="rules")
 app.add_typer(pii_app, name="pii")
 
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the Python traceback of an unexpected error")] = False,
+) -> None:
+    """Options for every command (given before the command's name)."""
+
+
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=True, dir_okay=False)]
+OptionalConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (default: defaults and environment)")
+]
 
 
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(message, err=True)
     raise typer.Exit(code)
+
+
+def _librdkafka_refusal(exc: KafkaException, settings: Settings, origin: str) -> str:
+    """What librdkafka refused at client creation, named by setting (and by environment variable
+    when the value came from one)."""
+    error = exc.args[0]
+    text = error.str() if hasattr(error, "str") else str(error)
+    match = re.search(r'property:? "([^"]+)"', text)
+    if match is None:
+        return f"{origin}: invalid configuration\n  kafka.config: librdkafka refuses it: {text}"
+    name = match.group(1)
+    setting = "kafka.producer_config" if name in settings.kafka.producer_config else "kafka.config"
+    variable = RDKAFKA_ENV_PREFIX + name.upper().replace(".", "_")
+    via = f" (set by {variable})" if variable in {key.upper() for key in os.environ} else ""
+    return f"{origin}: invalid configuration\n  {setting}.{name}: librdkafka refuses it: {text}{via}"
 
 
 async def _until_signalled(run: Any) -> None:
@@ -59,7 +152,12 @@ def run(config: ConfigOption) -> None:
         settings = load_settings(config)
     except ConfigError as exc:
         _fail(str(exc))
+    if problem := connection_problems(settings, str(config)):
+        _fail(str(problem))
     configure_logging(settings.logging.level, settings.logging.format)
+    from confluent_kafka import KafkaException
+
+    from smartico_stream.adapters.registry import AdapterLoadError
     from smartico_stream.engine.rules import RuleLoadError
     from smartico_stream.pii.keys import PiiKeyError
     from smartico_stream.sinks.base import SinkConfigError
@@ -68,8 +166,13 @@ def run(config: ConfigOption) -> None:
         service = Service(settings)
     except (RuleLoadError, PiiKeyError) as exc:
         _fail(str(exc))
+    except AdapterLoadError as exc:
+        _fail(f"{config}: invalid configuration\n  adapter: {exc}")
     except SinkConfigError as exc:  # what only the client library can refuse (librdkafka settings)
         _fail(f"{config}: invalid configuration\n  {exc}")
+    except KafkaException as exc:  # the source's consumer or the dead-letter producer refused a setting
+        _fail(_librdkafka_refusal(exc, settings, str(config)))
+    # A dependency that stops the start (store, port, broker login) is a StartupError: see _Commands.
     uvloop.run(_until_signalled(service.run))
 
 
@@ -147,8 +250,11 @@ def adapters_test(
             if update:
                 for case in golden_cases(adapter):
                     typer.echo(f"updated {write_golden(adapter, case)}")
-        except (UnknownAdapter, AdapterLoadError, GoldenFileError, ContractViolation) as exc:
+        except (UnknownAdapter, AdapterLoadError, GoldenFileError) as exc:
             _fail(f"{adapter_name}: {exc}")
+        except ContractViolation as exc:
+            # The adapter failed its own test (AdapterBug carries its traceback): nothing was recorded.
+            _fail(f"{adapter_name}: refusing to update: {exc}", 1)
         report = run_golden(adapter)
         typer.echo(report.render())
         failed = failed or not report.passed
@@ -157,7 +263,9 @@ def adapters_test(
 
 
 @schemas_app.command("export")
-def schemas_export(directory: Annotated[Path, typer.Argument()] = Path("schemas")) -> None:
+def schemas_export(
+    directory: Annotated[Path, typer.Argument(help="folder to write the schema files to")] = Path("schemas"),
+) -> None:
     """Write the JSON Schema of every canonical event."""
     from smartico_stream.events.schema import write_schemas
 
@@ -166,7 +274,9 @@ def schemas_export(directory: Annotated[Path, typer.Argument()] = Path("schemas"
 
 
 @schemas_app.command("check")
-def schemas_check(directory: Annotated[Path, typer.Argument()] = Path("schemas")) -> None:
+def schemas_check(
+    directory: Annotated[Path, typer.Argument(help="folder holding the schema files")] = Path("schemas"),
+) -> None:
     """Fail when the schema files differ from the models."""
     from smartico_stream.events.schema import stale_schemas
 
@@ -284,6 +394,13 @@ def history(
     from smartico_stream.store import open_store_from_url
 
     schema = None
+    if store is not None:
+        from smartico_stream.config import valid_store_url
+
+        try:
+            store = valid_store_url(store)
+        except ValueError as exc:
+            _fail(f"--store: {exc}")
     if store is None:
         try:
             store_settings = load_settings(config).store
@@ -379,7 +496,10 @@ def _vault(config: Path | None) -> Any:
 def _with_vault(config: Path | None, work: Any) -> Any:
     async def run() -> Any:
         vault = _vault(config)
-        await vault.open()
+        try:
+            await vault.open()
+        except StartupError as exc:
+            raise exc.about("pii.store_url", "pii.store_connect_timeout_s") from None
         try:
             return await work(vault)
         finally:
@@ -390,7 +510,7 @@ def _with_vault(config: Path | None, work: Any) -> Any:
 
 @pii_app.command("rotate")
 def pii_rotate(
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    config: OptionalConfigOption = None,
     batch_size: Annotated[int, typer.Option(help="values per transaction")] = 500,
 ) -> None:
     """Rotation step 2: re-encrypt every stored value under the current key, in batches."""
@@ -400,7 +520,7 @@ def pii_rotate(
 
 
 @pii_app.command("key-usage")
-def pii_key_usage(config: Annotated[Path | None, typer.Option("--config", "-c")] = None) -> None:
+def pii_key_usage(config: OptionalConfigOption = None) -> None:
     """Values per key id: a key can be retired once it has none."""
     for key_id, count in _with_vault(config, lambda vault: vault.key_usage()).items():
         typer.echo(f"{key_id:<16} {count}")
@@ -409,10 +529,10 @@ def pii_key_usage(config: Annotated[Path | None, typer.Option("--config", "-c")]
 @pii_app.command("reveal")
 def pii_reveal(
     user: Annotated[str, typer.Option(help="BRAND:USER")],
-    field: Annotated[str, typer.Option(help="email, phone, first_name or last_name")],
+    field: Annotated[str, typer.Option(help="email, phone, first_name, last_name or custom.<field>")],
     actor: ActorOption,
     purpose: PurposeOption,
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    config: OptionalConfigOption = None,
 ) -> None:
     """Decrypt one value for an explicit, audited purpose (e.g. templating {{state.user_first_name}})."""
     brand, sep, user_id = user.partition(":")
@@ -426,16 +546,16 @@ def pii_reveal(
 
 @pii_app.command("find")
 def pii_find(
-    field: Annotated[str, typer.Option(help="email or phone")],
+    field: Annotated[str, typer.Option(help="email, phone or custom.<field>")],
     value: Annotated[str, typer.Option(help="the value to look for (normalised as on arrival)")],
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    config: OptionalConfigOption = None,
     country: Annotated[str | None, typer.Option(help="region of a national-format phone, e.g. GB")] = None,
 ) -> None:
     """Users holding a value, matched by keyed hash without decrypting anything."""
-    from smartico_stream.pii.normalise import normalise_email, normalise_phone
+    from smartico_stream.pii.detect import lookup_value
 
-    normalised = normalise_email(value) if field == "email" else (normalise_phone(value, country).e164 or value.strip())
-    for brand, user_id in _with_vault(config, lambda vault: vault.find(field, normalised or "")):
+    normalised = lookup_value(field, value, country)
+    for brand, user_id in _with_vault(config, lambda vault: vault.find(field, normalised)):
         typer.echo(f"{brand}:{user_id}")
 
 
@@ -443,7 +563,7 @@ def pii_find(
 def pii_decrypt_dead_letters(
     actor: ActorOption,
     purpose: PurposeOption,
-    config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
+    config: OptionalConfigOption = None,
     limit: Annotated[int, typer.Option(help="most dead letters to read")] = 100,
     timeout_s: Annotated[float, typer.Option(help="stop when nothing arrives for this long")] = 10.0,
 ) -> None:
@@ -522,7 +642,7 @@ class _LazyCommand(TyperCommand):
         import importlib
 
         module, _, function = self.target.partition(":")
-        real = typer.Typer(add_completion=False)
+        real = typer.Typer(add_completion=False, rich_markup_mode=None)
         real.command(self.name)(getattr(importlib.import_module(module), function))
         # Built as typer builds every command: the same options, help and errors as if registered directly.
         return typer.main.get_command(real).make_context(info_name, args, parent=parent, **extra)

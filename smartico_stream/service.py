@@ -10,17 +10,20 @@ on assignment the consumer starts from the offsets in the store, not the broker'
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cachetools import LRUCache
 
 from smartico_stream.adapters.base import Adapter
 from smartico_stream.adapters.registry import load_adapter
-from smartico_stream.config import Settings
+from smartico_stream.config import EXIT_CONFIG, Settings, StartupError
 from smartico_stream.engine.base import Engine
 from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
@@ -50,7 +53,7 @@ from smartico_stream.sinks.registry import build_sinks
 from smartico_stream.sinks.relay import OutboxRelay
 from smartico_stream.sources.kafka import connection_config
 from smartico_stream.store import BatchWrite, FencedError, Lease, Store, open_store_from_url
-from smartico_stream.store.base import ConflictError
+from smartico_stream.store.base import ConflictError, StoreRefusedRecord
 from smartico_stream.transports import transport_for
 
 log = get_logger(__name__)
@@ -139,6 +142,40 @@ class Ownership:
         return sum(w.evicted for w in self.windows.values())
 
 
+async def _starting(opening: Awaitable[None], setting: str, timeout_setting: str) -> None:
+    """Open a store at start; what stops it is one StartupError naming ``setting`` (and the resource):
+    PostgreSQL's are raised by its connect, SQLite's are the file system's (a directory that cannot be
+    created or written is the configuration's to fix)."""
+    try:
+        await opening
+    except StartupError as exc:
+        raise exc.about(setting, timeout_setting) from None
+    except (OSError, sqlite3.Error) as exc:
+        where = f" at {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise StartupError(f"{setting}: cannot open the SQLite database{where}: {reason}", EXIT_CONFIG) from None
+
+
+async def _started(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Await ``starting`` unless ``stop`` is set first (then cancel it and return False)."""
+    start = asyncio.ensure_future(starting)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((start, stopped), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not start.done():
+        start.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await start
+        return False
+    start.result()
+    return True
+
+
+def _refused(poisoned: Mapping[RecordId, Exception], record: RawRecord) -> bool:
+    """The store refused this record's content (it is a dead letter with stage "store")."""
+    return isinstance(poisoned.get((record.topic, record.partition, record.offset)), StoreRefusedRecord)
+
+
 class Service:
     """Build, then ``await service.run(stop_event)``.
 
@@ -163,7 +200,8 @@ class Service:
         self.health = Health(heartbeat_timeout_s=settings.metrics.heartbeat_timeout_s)
         self.stats = ServiceStats()
         self.store = store or open_store_from_url(
-            settings.store.url, settings.store.db_schema, settings.store.sqlite_synchronous
+            settings.store.url, settings.store.db_schema, settings.store.sqlite_synchronous,
+            settings.store.connect_timeout_s,
         )
         self._custom_engine = engine
         if rules is None:
@@ -211,18 +249,24 @@ class Service:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set, then finish the batch in hand, commit and leave the group."""
         self.ownership.loop = asyncio.get_running_loop()
-        await self.store.open()
+        await _starting(self.store.open(), "store.url", "store.connect_timeout_s")
         if self.pii.vault is not None:
-            await self.pii.vault.open()
+            await _starting(self.pii.vault.open(), "pii.store_url", "pii.store_connect_timeout_s")
         if self.settings.metrics.enabled and self.metrics_server is None:
-            self.metrics_server = MetricsServer(
-                self.metrics, self.health, self.settings.metrics.host, self.settings.metrics.port
-            ).start()
+            try:
+                metrics = self.settings.metrics
+                server = MetricsServer(self.metrics, self.health, metrics.host, metrics.port)
+            except StartupError as exc:
+                raise exc.about("metrics.port") from None
+            self.metrics_server = server.start()
             log.info("metrics listening", port=self.metrics_server.port)
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(self.relay.run(relay_stop))
         try:
-            await self.transport.start()  # inside the try: a failed start still closes what opened
+            # Inside the try: a failed start still closes what opened. A broker unreachable at start is
+            # retried by the transport; a signal meanwhile stops the service without waiting for it.
+            if not await _started(self.transport.start(), stop):
+                return
             while not stop.is_set():
                 await self._apply_backpressure()
                 records = await self.transport.poll()
@@ -288,10 +332,16 @@ class Service:
                 records = owned  # partitions revoked meanwhile: their new owner reads them
                 continue
             adapted = self.pipeline.adapt(records, poisoned)
-            known = await self._states(adapted.users_needing_region())
-            countries = {key: state.country for key, state in known.items()}
-            result = self.pipeline.protect_and_dedup(adapted, countries.get)
-            batch = await self._apply(result, known)
+            try:
+                known = await self._states(adapted.users_needing_region())
+                countries = {key: state.country for key, state in known.items()}
+                result = self.pipeline.protect_and_dedup(adapted, countries.get)
+                batch = await self._apply(result, known)
+            except Exception as exc:
+                if self._refusal(exc) is None:
+                    raise
+                await self._isolate_refused(records, poisoned)  # e.g. a user id the store cannot even look up
+                continue
             if result.engine_failures:
                 poisoned.update(result.engine_failures)
                 self._forget(batch.touched if batch else {})
@@ -299,14 +349,16 @@ class Service:
                 continue
             if not await self._publish_dead_letters(result, stop):
                 return  # stopping with dead letters unacknowledged: nothing of this batch is committed
-            if result.pii and self.pii.vault is not None:
-                # Its own database, so its own transaction, first: a crash before the state commit
-                # replays the batch, and writing the same encrypted values again is harmless.
-                await self.pii.vault.write(result.pii)
-            self.failpoints.hit("before_store_commit")
-            write = self._batch_write(result, batch, records)
-            commit_started = time.perf_counter()
             try:
+                if result.pii and self.pii.vault is not None:
+                    # Its own database, so its own transaction, first: a crash before the state commit
+                    # replays the batch, and writing the same encrypted values again is harmless.
+                    await self.pii.vault.write(result.pii)
+                self.failpoints.hit("before_store_commit")
+                # A message id the store refused is not recorded as handled: a redelivery is refused again.
+                handled = [r for r in records if not _refused(poisoned, r)] if poisoned else records
+                write = self._batch_write(result, batch, handled)
+                commit_started = time.perf_counter()
                 await self.store.commit(write)
             except FencedError as exc:
                 self.metrics.batch_retries.labels("fenced").inc()
@@ -335,6 +387,12 @@ class Service:
                 attempt += 1
                 log.info("users changed concurrently; redoing the batch", users=len(exc.users))
                 continue
+            except Exception as exc:
+                if self._refusal(exc) is None:
+                    raise  # not the content: a lost connection, a bug; the service stops and says so
+                self._forget(batch.touched if batch else {})
+                await self._isolate_refused(records, poisoned)
+                continue
             self.metrics.store_commit_seconds.observe(time.perf_counter() - commit_started)
             self._after_commit(result, batch)
             self._heap.after_batch()
@@ -348,6 +406,87 @@ class Service:
             # Everything in the batch was a redelivery of handled messages (or of fenced partitions).
             await self.transport.handled({}, {})
             self._record([], BatchResult(), None, time.perf_counter() - started, 0, already)
+
+    async def _isolate_refused(self, records: list[RawRecord], poisoned: dict[RecordId, Exception]) -> None:
+        """Invariant 3 at the store: the records whose content it refuses become dead letters (stage
+        "store"), added to ``poisoned`` so the batch is redone without them (docs/exactly-once.md)."""
+        try:
+            refused = await self._refused_records(records, poisoned)
+        except (FencedError, ConflictError):
+            return  # the redo meets it again, where it is handled
+        poisoned.update(refused)
+        self.metrics.batch_retries.labels("store_content").inc()
+        self._beat()
+
+    def _refusal(self, exc: BaseException) -> str | None:
+        """Why the store or the PII vault refused what was written, if that is what ``exc`` means."""
+        reason = self.store.refusal(exc)
+        if reason is None and self.pii.vault is not None:
+            reason = self.pii.vault.refusal(exc)
+        return reason
+
+    async def _refused_records(
+        self, records: list[RawRecord], poisoned: Mapping[RecordId, Exception]
+    ) -> dict[RecordId, Exception]:
+        """The records of a refused batch whose content the store refuses on its own, found by
+        bisection with dry-run writes (written, then rolled back): O(k log n) probes for k such
+        records among n. Raises when none explains the refusal (it does not happen again, or only
+        several records together cause it): a loud stop, never a silent loop."""
+        started = time.perf_counter()
+        pending = [r for r in records if (r.topic, r.partition, r.offset) not in poisoned]
+        reason = await self._probe(pending, poisoned)
+        found = await self._bisect(pending, poisoned, reason) if reason is not None else {}
+        if not found:
+            # Without the cause chained: a database's message may quote the value.
+            raise RuntimeError(
+                "the store refused this batch's data and no single record explains it "
+                f"({reason or 'not reproduced by a dry run'}); stopping instead of retrying forever"
+            ) from None
+        log.warning("the store refused records of this batch; dead-lettering them and redoing the batch",
+                    records=len(found), reason=next(iter(found.values())), batch=len(pending),
+                    search_s=round(time.perf_counter() - started, 3))
+        return {record_id: StoreRefusedRecord(why) for record_id, why in found.items()}
+
+    async def _bisect(
+        self, subset: list[RawRecord], poisoned: Mapping[RecordId, Exception], reason: str
+    ) -> dict[RecordId, str]:
+        """``subset`` is refused (for ``reason``): the records of it that are refused alone."""
+        if len(subset) == 1:
+            record = subset[0]
+            return {(record.topic, record.partition, record.offset): reason}
+        middle = len(subset) // 2
+        found: dict[RecordId, str] = {}
+        for half in (subset[:middle], subset[middle:]):
+            half_reason = await self._probe(half, poisoned)
+            if half_reason is not None:
+                found.update(await self._bisect(half, poisoned, half_reason))
+        return found
+
+    async def _probe(self, records: list[RawRecord], poisoned: Mapping[RecordId, Exception]) -> str | None:
+        """Run ``records`` through the pipeline and the engine as a batch of their own and write it
+        as a dry run: why the store refuses it, or ``None``. The cached states it touches are
+        dropped, so nothing of it outlives the probe."""
+        self._beat()
+        adapted = self.pipeline.adapt(records, poisoned)
+        batch: BatchEngine | None = None
+        try:
+            known = await self._states(adapted.users_needing_region())
+            countries = {key: state.country for key, state in known.items()}
+            result = self.pipeline.protect_and_dedup(adapted, countries.get)
+            batch = await self._apply(result, known)
+            if result.pii and self.pii.vault is not None:
+                await self.pii.vault.probe(result.pii)
+            await self.store.probe(self._batch_write(result, batch, records))
+        except (FencedError, ConflictError):
+            raise
+        except Exception as exc:
+            reason = self._refusal(exc)
+            if reason is None:
+                raise
+            return reason
+        finally:
+            self._forget(batch.touched if batch else {})
+        return None
 
     async def _skip_handled(self, records: list[RawRecord]) -> tuple[list[RawRecord], list[RawRecord]]:
         """Redelivered messages whose ids the store has: handled before a crash, ack them only."""

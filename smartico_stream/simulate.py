@@ -24,7 +24,14 @@ from smartico_stream.events.raw import RawRecord, Stream
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiVault
 from smartico_stream.pipeline.dedup import DedupWindow
-from smartico_stream.pipeline.pipeline import DEAD_LETTERED, DEDUPLICATED, OK, Pipeline, PipelineLimits
+from smartico_stream.pipeline.pipeline import (
+    DEAD_LETTERED,
+    DEDUPLICATED,
+    OK,
+    Pipeline,
+    PipelineLimits,
+    load_json_keeping_literals,
+)
 from smartico_stream.store import BatchWrite
 from smartico_stream.store.sqlite import SqliteStore
 
@@ -54,7 +61,7 @@ def read_records(path: Path, default_stream: Stream | None) -> Iterator[RawRecor
             if not line.strip():
                 continue
             try:
-                item = orjson.loads(line)
+                item = load_json_keeping_literals(line)  # numbers reach the pipeline as written
             except orjson.JSONDecodeError as exc:
                 raise InputError(f"{path}:{number}: not a JSON line ({exc})") from None
             yield _record(item, number, default_stream, f"{path}:{number}")

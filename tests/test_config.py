@@ -56,8 +56,11 @@ def test_a_single_topic_may_be_written_as_a_string() -> None:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"kafka": {"config": {"group.id": "g", "enable.auto.commit": "true"}}}, "enable.auto.commit=true"),
-        ({"kafka": {"config": {"bootstrap.servers": "x"}}}, "needs group.id"),
+        (
+            {"kafka": {"config": {"group.id": "g", "enable.auto.commit": "true"}}},
+            "kafka.config.enable.auto.commit: true would commit",
+        ),
+        ({"kafka": {"config": {"group.id": ""}}}, "kafka.config.group.id: must not be empty"),
         ({"kafka": {"topics": {"payments": "t", "casino": "t"}}}, "configured for both"),
         ({"dedup": {"window_seconds": 0}}, "dedup.window_seconds: Input should be greater than 0"),
         ({"dedup": {"windw_seconds": 5}}, "dedup.windw_seconds: Extra inputs are not permitted"),

@@ -249,14 +249,15 @@ class _Node:
 _T = TypeVar("_T")
 
 
-def _label(value: Any) -> str:
-    return repr(value)[:40]
+def _unknown(value: Any) -> str:
+    # Never the value itself: a hostile or broken record can carry personal data in any field.
+    return "not an integer code" if isinstance(value, bool) or not isinstance(value, int) else "unknown code"
 
 
 def _code(value: Any, table: Mapping[int, _T], where: str) -> _T:
     if isinstance(value, bool) or not isinstance(value, int) or value not in table:
         known = ", ".join(str(code) for code in sorted(table))
-        raise InvalidField(f"{where}: unknown code {_label(value)}; known codes: {known}")
+        raise InvalidField(f"{where}: {_unknown(value)}; known codes: {known}")
     return table[value]
 
 
@@ -405,7 +406,7 @@ def _payment(kind: Kind, statuses: Mapping[int, tuple[str, str | None]]) -> _Han
         raw_status = payment.require("status")
         if isinstance(raw_status, bool) or not isinstance(raw_status, int) or raw_status not in statuses:
             known = ", ".join(f"{code} {name}" for code, (name, _) in sorted(statuses.items()))
-            raise UnknownEventType(f"betwave {kind.name}: unknown payment.status {_label(raw_status)}; known: {known}")
+            raise UnknownEventType(f"betwave {kind.name}: payment.status: {_unknown(raw_status)}; known: {known}")
         status_name, event_type = statuses[raw_status]
         if event_type is None:
             return []  # not final yet; Betwave sends the outcome as a later message
@@ -584,7 +585,7 @@ def _kind(meta: _Node, context: RecordContext) -> Kind:
     raw = meta.get("kind")
     if isinstance(raw, int) and not isinstance(raw, bool) and raw in Kind._value2member_map_:
         return Kind(raw)
-    found = "no meta.kind" if raw is None else f"unknown meta.kind {_label(raw)}"
+    found = "no meta.kind" if raw is None else f"meta.kind: {_unknown(raw)}"
     known = ", ".join(f"{kind.value} {kind.name}" for kind in Kind)
     raise UnknownEventType(f"betwave on the {context.stream.value} stream: {found}; known kinds: {known}")
 

@@ -231,9 +231,11 @@ def split_leftovers(message: Mapping[str, Any], used: set[str]) -> tuple[dict[st
     return aggregates or None, extra
 
 
-def _type_label(value: Any) -> str:
-    # The type is operator vocabulary, not personal data, but junk can be long.
-    return repr(value)[:40]
+def _describe_type(value: Any) -> str:
+    # Never the value itself: a hostile or broken record can carry personal data in any field.
+    if value is None:
+        return "no 'type'"
+    return "an unknown 'type'" if isinstance(value, str) else "a 'type' that is not a string"
 
 
 class ReferenceAdapter:
@@ -271,7 +273,7 @@ class ReferenceAdapter:
         kind = kinds.get(raw_type.strip().lower()) if isinstance(raw_type, str) else None
         if kind is None:
             expected = ", ".join(sorted(kinds))
-            found = "no 'type'" if raw_type is None else f"type {_type_label(raw_type)}"
+            found = _describe_type(raw_type)
             raise UnknownEventType(f"{stream.value} stream: {found}; expected one of {expected}")
         event_type, model, rules = kind
         fields, used = apply_rules(message, rules, f"{stream.value} {event_type}")

@@ -4,6 +4,9 @@ Adapters are pure functions of their input (no I/O, no clock, no randomness) so 
 pin them down exactly and the hot path stays fast. They signal bad input by raising: an
 ``AdapterError`` for anything they detect themselves, or the ``pydantic.ValidationError`` that
 constructing a canonical event raises. The pipeline turns either into a dead letter.
+
+This module is the adapter authors' API (docs/adapters.md): everything an adapter imports from the
+service, besides the canonical models of ``smartico_stream.events``, comes from here.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from smartico_stream.events.models import CanonicalEvent
 from smartico_stream.events.raw import Stream
+
+__all__ = ["Adapter", "AdapterError", "InvalidField", "MissingField", "RecordContext", "Stream", "UnknownEventType"]
 
 
 @dataclass(frozen=True, slots=True)

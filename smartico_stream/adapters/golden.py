@@ -21,7 +21,9 @@ former, so expected files never contain the personal data a failing input may ho
 
 Besides comparing output, the runner checks the adapter contract on every line: the result is a
 sequence of canonical events, the input mapping is not mutated, and a second call gives the same
-output (adapters must not read clocks, randomness or state).
+output (adapters must not read clocks, randomness or state). An exception that is not a deliberate
+rejection (an ``AdapterError`` or a pydantic ``ValidationError``) is an adapter bug, never an
+expectation: the line fails with the adapter's traceback and ``write_golden`` refuses to record it.
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ import copy
 import difflib
 import json
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from smartico_stream.adapters.base import Adapter, RecordContext
+from smartico_stream.adapters.base import Adapter, AdapterError, RecordContext
 from smartico_stream.events.models import CanonicalEvent
 from smartico_stream.events.raw import Stream
 from smartico_stream.pipeline.errors import describe_error
@@ -65,9 +69,19 @@ class ContractViolation(AssertionError):
     deterministic). Never a valid expectation: ``write_golden`` refuses to record it."""
 
 
+class AdapterBug(ContractViolation):
+    """``adapt()`` raised an exception that is not a deliberate rejection (say a ``KeyError``): a bug
+    in the adapter, so never a valid expectation. The message names the golden file and line and
+    carries the adapter's traceback."""
+
+
+# What an adapter may raise on purpose for bad input; anything else is a bug (see docs/adapters.md).
+DELIBERATE_REJECTIONS: tuple[type[Exception], ...] = (AdapterError, ValidationError)
+
+
 @dataclass(frozen=True, slots=True)
 class GoldenInput:
-    """One parsed line of a ``<case>.input.jsonl`` file."""
+    """One parsed line of a ``<case>.input.jsonl`` file (``source``: the file's name, for messages)."""
 
     line: int
     stream: Stream
@@ -75,6 +89,7 @@ class GoldenInput:
     key: str | None
     headers: Mapping[str, str]
     value: Any
+    source: str = ""
 
     def context(self) -> RecordContext:
         """The RecordContext the pipeline would build for this record."""
@@ -174,7 +189,7 @@ def _non_blank_lines(path: Path) -> list[tuple[int, bytes]]:
     return [(number, text) for number, text in enumerate(lines, start=1) if text.strip()]
 
 
-def _parse_input(number: int, text: bytes) -> GoldenInput:
+def _parse_input(number: int, text: bytes, source: str = "") -> GoldenInput:
     try:
         item = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -198,12 +213,12 @@ def _parse_input(number: int, text: bytes) -> GoldenInput:
         raise GoldenFileError(f"input line {number}: 'topic' and 'key' must be strings")
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         raise GoldenFileError(f"input line {number}: 'headers' must map strings to strings")
-    return GoldenInput(number, stream, topic, key, headers, item["value"])
+    return GoldenInput(number, stream, topic, key, headers, item["value"], source)
 
 
 def read_inputs(path: Path) -> list[GoldenInput]:
     """Parse a ``<case>.input.jsonl`` file (blank lines are skipped); ``GoldenFileError`` if malformed."""
-    return [_parse_input(number, text) for number, text in _non_blank_lines(path)]
+    return [_parse_input(number, text, path.name) for number, text in _non_blank_lines(path)]
 
 
 def _check_expected(number: int, text: bytes) -> dict[str, Any]:
@@ -280,6 +295,19 @@ def _error_outcome(exc: Exception) -> _Outcome:
     return _Outcome({"error": type(exc).__name__, "message_contains": described}, (described, str(exc)))
 
 
+def _adapter_bug(item: GoldenInput, exc: Exception) -> AdapterBug:
+    """The refusal for an exception that is not a deliberate rejection: where (file and line) and
+    the adapter's traceback, without the runner's own frame."""
+    frames = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    trace = "".join(traceback.format_exception(type(exc), exc, frames)).rstrip()
+    where = f"{item.source or 'input'} line {item.line}"
+    return AdapterBug(
+        f"{where}: adapt() raised {type(exc).__name__}, which is a bug in the adapter, not a rejection; "
+        "raise AdapterError (or MissingField, InvalidField, UnknownEventType) for bad input or let the "
+        f"canonical model's ValidationError propagate. The adapter's traceback:\n{trace}"
+    )
+
+
 def _same(first: list[dict[str, Any]] | Exception, second: list[dict[str, Any]] | Exception) -> bool:
     if isinstance(first, Exception) or isinstance(second, Exception):
         return type(first) is type(second) and str(first) == str(second)
@@ -288,7 +316,7 @@ def _same(first: list[dict[str, Any]] | Exception, second: list[dict[str, Any]] 
 
 def run_line(adapter: Adapter, item: GoldenInput) -> dict[str, Any]:
     """What the expected file should say for ``item``. ``ContractViolation`` if the adapter
-    misbehaves."""
+    misbehaves (``AdapterBug`` if it raised anything but a deliberate rejection)."""
     return _run_line(adapter, item).data
 
 
@@ -303,6 +331,8 @@ def _run_line(adapter: Adapter, item: GoldenInput) -> _Outcome:
     if not _same(first, second):
         raise ContractViolation("two calls with the same input gave different results; adapters must be pure")
     if isinstance(first, Exception):
+        if not isinstance(first, DELIBERATE_REJECTIONS):
+            raise _adapter_bug(item, first)
         return _error_outcome(first)
     return _Outcome({"events": first})
 
@@ -391,7 +421,8 @@ def write_golden(adapter: Adapter, case_name: str) -> Path:
     """Regenerate ``<case_name>.expected.jsonl`` from the adapter's current output and return its
     path. Review the result by hand: it becomes the truth the adapter is held to. Raises
     ``FileNotFoundError`` without an input file, ``GoldenFileError`` if it is malformed and
-    ``ContractViolation`` if the adapter misbehaves (nothing is written then)."""
+    ``ContractViolation`` if the adapter misbehaves, ``AdapterBug`` (a subclass) if it raised an
+    exception that is not a deliberate rejection (nothing is written then)."""
     directory = golden_dir(adapter)
     content = render_expected(adapter, read_inputs(directory / f"{case_name}{INPUT_SUFFIX}"))
     target = directory / f"{case_name}{EXPECTED_SUFFIX}"

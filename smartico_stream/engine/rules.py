@@ -275,6 +275,9 @@ def load_rules(path: Path) -> RuleSet:
             rule_label = f"{file}: rule {raw.get('id', f'#{index + 1}') if isinstance(raw, dict) else f'#{index + 1}'}"
             try:
                 spec = RuleSpec.model_validate(raw)
+            except RecursionError:
+                problems.append(f"{rule_label}: nested too deeply")
+                continue
             except ValidationError as exc:
                 problems += [f"{rule_label}: {_loc(err['loc'])}: {err['msg']}" for err in
                              exc.errors(include_url=False, include_input=False)]
@@ -288,6 +291,9 @@ def load_rules(path: Path) -> RuleSet:
             except (ConditionError, ValueError) as exc:
                 field = exc.field if isinstance(exc, RuleFieldError) else "?"
                 problems.append(f"{rule_label}: {field}: {exc}")
+                continue
+            except RecursionError:  # a condition nested thousands deep
+                problems.append(f"{rule_label}: nested too deeply")
                 continue
             if spec.enabled:
                 compiled.append(rule)
@@ -303,6 +309,12 @@ def _read_rule_list(file: Path, problems: list[str]) -> list[Any]:
         document = yaml.safe_load(file.read_text())
     except OSError as exc:
         problems.append(f"{file}: cannot read: {exc.strerror}")
+        return []
+    except UnicodeDecodeError:
+        problems.append(f"{file}: not a UTF-8 text file")
+        return []
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        problems.append(f"{file}: nested too deeply to be a rule file")
         return []
     except yaml.YAMLError as exc:
         problems.append(f"{file}: not valid YAML: {exc}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any
 
 import orjson
@@ -252,9 +252,14 @@ USER_SCHEMA["user.is_active"] = FieldType.BOOL
 # Applying events -------------------------------------------------------------------------------
 
 
+# Totals are exact: an amount may have 36 digits (events.types), more than the default context's 28,
+# and this one holds the sum of a billion of them without rounding.
+_TOTALS = Context(prec=100, rounding=ROUND_HALF_EVEN, Emax=999_999, Emin=-999_999)
+
+
 def _add(totals: dict[str, Decimal], currency: str | None, amount: Decimal) -> None:
     key = currency or "?"
-    totals[key] = totals.get(key, ZERO) + amount
+    totals[key] = _TOTALS.add(totals.get(key, ZERO), amount)
 
 
 def apply_event(state: UserState, event: CanonicalEvent) -> None:

@@ -11,18 +11,24 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, field_validator
 
 from smartico_stream.events.types import (
+    MAX_INT64,
+    MAX_NESTING,
     Amount,
     Balance,
+    BusinessTimestamp,
+    Count,
     CountryCode,
     CurrencyCode,
     Identifier,
     LanguageCode,
     Odds,
+    PastBusinessTimestamp,
     PastUtcTimestamp,
     UtcTimestamp,
+    normalise_extra,
 )
 
 
@@ -92,15 +98,15 @@ class PlatformAggregates(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     total_deposit_amount: Amount | None = None
-    total_deposit_count: Annotated[int, Field(ge=0)] | None = None
+    total_deposit_count: Count | None = None
     total_withdrawal_amount: Amount | None = None
-    total_withdrawal_count: Annotated[int, Field(ge=0)] | None = None
+    total_withdrawal_count: Count | None = None
     total_bet_amount: Amount | None = None
-    total_bet_count: Annotated[int, Field(ge=0)] | None = None
+    total_bet_count: Count | None = None
     total_win_amount: Amount | None = None
-    total_win_count: Annotated[int, Field(ge=0)] | None = None
-    first_deposit_time: PastUtcTimestamp | None = None
-    last_deposit_time: PastUtcTimestamp | None = None
+    total_win_count: Count | None = None
+    first_deposit_time: PastBusinessTimestamp | None = None
+    last_deposit_time: PastBusinessTimestamp | None = None
 
 
 class CanonicalEvent(BaseModel):
@@ -114,11 +120,15 @@ class CanonicalEvent(BaseModel):
     brand_id: Identifier = Field(description="ext_brand_id: the brand in a multi-tenant platform")
     user_id: Identifier = Field(description="user_ext_id: int, string or uuid, normalised to a string")
     event_id: Identifier = Field(description="unique id of the transaction/event; the dedup key")
-    event_time: PastUtcTimestamp = Field(description="business timestamp of the event (UTC)")
+    event_time: PastBusinessTimestamp = Field(description="business timestamp of the event (UTC)")
     source: SourceCoordinates | None = Field(default=None, description="set by the pipeline")
     aggregates: PlatformAggregates | None = None
-    extra: dict[str, JsonValue] = Field(
-        default_factory=dict, description="operator fields outside the canonical model (custom properties)"
+    # normalise_extra first: it bounds the nesting (pydantic's own limit reports "cyclic reference")
+    # and turns numbers that JSON doubles cannot hold into their exact text.
+    extra: Annotated[dict[str, JsonValue], BeforeValidator(normalise_extra)] = Field(
+        default_factory=dict,
+        description="operator fields outside the canonical model (custom properties); values nest at most "
+        f"{MAX_NESTING} levels, numbers a double or a 64-bit integer cannot hold exactly are kept as their text",
     )
 
     @property
@@ -136,10 +146,11 @@ class UserProfile(CanonicalEvent):
     account_status: AccountStatus = Field(
         default=AccountStatus.ACTIVE, description="core_account_status; the spec's default is ACTIVE"
     )
-    registration_date: PastUtcTimestamp = Field(description="core_registration_date")
+    registration_date: PastBusinessTimestamp = Field(description="core_registration_date")
     language: LanguageCode = Field(description="core_user_language")
     wallet_currency: CurrencyCode = Field(description="core_wallet_currency; fixed once set")
     username: str | None = Field(default=None, max_length=256, description="core_username")
+    # Plain epoch milliseconds (no seconds heuristic): birthdates before 1973 are ordinary.
     birthdate: PastUtcTimestamp | None = Field(default=None, description="user_birthdate")
     country: CountryCode | None = Field(default=None, description="user_country")
     email: str | None = Field(default=None, max_length=320, description="user_email (PII)")
@@ -147,7 +158,9 @@ class UserProfile(CanonicalEvent):
     last_name: str | None = Field(default=None, max_length=256, description="user_last_name (PII)")
     # Generous bound: an unusable phone is kept (encrypted, flagged invalid), not a reason to reject.
     phone: str | None = Field(default=None, max_length=256, description="user_phone (PII)")
-    affiliate_id: int | None = Field(default=None, description="core_affiliate_id (numeric)")
+    affiliate_id: int | None = Field(
+        default=None, ge=-MAX_INT64 - 1, le=MAX_INT64, description="core_affiliate_id (numeric)"
+    )
     affiliate_str: str | None = Field(default=None, max_length=256, description="core_affiliate_str")
     is_email_disabled_by_platform: bool | None = Field(
         default=None, description="core_is_email_disabled_by_platform"
@@ -254,7 +267,7 @@ class SportBetOpen(_SportBet):
     stake_bonus: Amount | None = None
     total_odds: Odds | None = None
     bet_type: str | None = Field(default=None, max_length=64, description="single, combo, system, ...")
-    selections_count: Annotated[int, Field(ge=1)] | None = None
+    selections_count: Annotated[int, Field(ge=1, le=MAX_INT64)] | None = None
 
 
 class _Selection(_SportBet):
@@ -266,7 +279,7 @@ class _Selection(_SportBet):
     match_id: Identifier | None = None
     market: str | None = Field(default=None, max_length=256)
     outcome: str | None = Field(default=None, max_length=256)
-    match_start_time: UtcTimestamp | None = None
+    match_start_time: BusinessTimestamp | None = None
 
 
 class SportBetSelectionOpen(_Selection):

@@ -10,6 +10,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from smartico_stream.config import EXIT_CONFIG, StartupError
 from smartico_stream.observability.health import Health
 from smartico_stream.observability.metrics import Metrics
 
@@ -41,12 +42,17 @@ def make_app(metrics: Metrics, health: Health) -> Callable[..., Iterable[bytes]]
 
 
 class MetricsServer:
-    """Serves the app on a daemon thread; ``port`` 0 picks a free port (see ``.port``)."""
+    """Serves the app on a daemon thread; ``port`` 0 picks a free port (see ``.port``). A port that
+    cannot be bound (in use, not permitted, unknown host) is a StartupError naming ``host:port``."""
 
     def __init__(self, metrics: Metrics, health: Health, host: str, port: int) -> None:
-        self._server = make_server(
-            host, port, make_app(metrics, health), server_class=_ThreadingServer, handler_class=_QuietHandler
-        )
+        try:
+            self._server = make_server(
+                host, port, make_app(metrics, health), server_class=_ThreadingServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            reason = (exc.strerror or type(exc).__name__).lower()
+            raise StartupError(f"cannot listen on {host}:{port}: {reason}", EXIT_CONFIG) from None
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 
     @property

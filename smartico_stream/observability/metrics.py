@@ -126,8 +126,8 @@ class Metrics:
             buckets=_BATCH_SECONDS_BUCKETS, registry=r,
         )
         self.batch_retries = Counter(
-            "smartico_stream_batch_retries", "Batches redone, by reason (fenced, conflict, engine_error)",
-            ["reason"], registry=r,
+            "smartico_stream_batch_retries",
+            "Batches redone, by reason (fenced, conflict, engine_error, store_content)", ["reason"], registry=r,
         )
         self.sink_deliveries = Counter(
             "smartico_stream_sink_deliveries", "Actions delivered to sinks, by sink and result", ["sink", "result"],

@@ -10,8 +10,9 @@ when it matters most), in cron jobs and in CI checks, and it exits non-zero abov
 - RabbitMQ: per configured queue (``rabbitmq.exchanges`` x ``rabbitmq.queues_per_stream``), the
   messages waiting and the consumers attached, from a passive queue declare (it never creates one).
 
-Exit codes: 0 within the threshold, 1 above it, 2 unusable configuration, 3 broker unreachable or a
-configured topic/queue missing.
+Exit codes: 0 within the threshold, 1 above it, 2 unusable configuration (including settings the
+client library refuses and credentials the broker refuses), 3 broker unreachable or a configured
+topic/queue missing.
 """
 
 from __future__ import annotations
@@ -25,12 +26,25 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from smartico_stream.config import ConfigError, Settings, load_settings
+from smartico_stream.config import (
+    EXIT_CHECK_FAILED,
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    ConfigError,
+    Settings,
+    connection_problems,
+    load_settings,
+)
 from smartico_stream.sources.kafka import PartitionLag, committed_lag, connection_config
 
 __all__ = [
+    "EXIT_BROKER",
+    "EXIT_CONFIG",
+    "EXIT_OK",
+    "EXIT_OVER_THRESHOLD",
     "LagError",
     "LagReport",
     "PartitionLag",
@@ -42,11 +56,31 @@ __all__ = [
     "report",
 ]
 
-EXIT_OK, EXIT_OVER_THRESHOLD, EXIT_CONFIG, EXIT_BROKER = 0, 1, 2, 3
+EXIT_OVER_THRESHOLD, EXIT_BROKER = EXIT_CHECK_FAILED, EXIT_UNREACHABLE
+
+# Kafka errors that mean "the configuration is wrong" (credentials, TLS, authorisation), not "unreachable".
+_KAFKA_CONFIG_ERRORS = frozenset({
+    KafkaError._AUTHENTICATION, KafkaError._INVALID_ARG, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+})
 
 
 class LagError(RuntimeError):
-    """The broker could not be asked (unreachable, refused, or a configured topic/queue is missing)."""
+    """The broker could not be asked: unreachable or a configured topic/queue missing (exit 3), or it
+    refused the configuration: credentials, settings the client refuses (``exit_code`` 2)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BROKER) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _kafka_lag_error(what: str, exc: KafkaException) -> LagError:
+    error = exc.args[0]
+    if not isinstance(error, KafkaError):
+        return LagError(f"{what}: {error}")
+    code = EXIT_CONFIG if error.code() in _KAFKA_CONFIG_ERRORS else EXIT_BROKER
+    return LagError(f"{what}: {error.str()}", code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +122,9 @@ def lag_consumer_config(settings: Settings) -> dict[str, Any]:
     would make this client join the group or commit."""
     kafka = settings.kafka.config
     return {
+        # Connection failures are retried within --timeout and logged per attempt and broker; the one
+        # line at the end says what failed, so only critical client logs are shown (unless configured).
+        "log_level": kafka.get("log_level", 2),
         **connection_config(kafka),
         "group.id": kafka["group.id"],
         "enable.auto.commit": False,
@@ -100,13 +137,16 @@ def group_lag(settings: Settings, timeout_s: float = 10.0) -> list[PartitionLag]
     """Committed offset, high watermark and lag of every partition of the configured topics, for the
     configured group, read from the broker. Raises LagError when the broker cannot answer or a
     configured topic does not exist (a typo there would otherwise read as "no lag")."""
-    consumer = Consumer(lag_consumer_config(settings))
+    try:
+        consumer = Consumer(lag_consumer_config(settings))
+    except KafkaException as exc:
+        raise _kafka_lag_error("kafka.config: librdkafka refuses it", exc) from None
     try:
         try:
             # All topics, so that a missing one is reported rather than auto-created.
             metadata = consumer.list_topics(timeout=timeout_s)
         except KafkaException as exc:
-            raise LagError(f"cannot read cluster metadata: {exc.args[0]}") from None
+            raise _kafka_lag_error("cannot read cluster metadata", exc) from None
         wanted: list[TopicPartition] = []
         missing = []
         for topic in settings.kafka.stream_of_topic():
@@ -120,8 +160,8 @@ def group_lag(settings: Settings, timeout_s: float = 10.0) -> list[PartitionLag]
         try:
             lags = committed_lag(consumer, wanted, timeout_s)
         except KafkaException as exc:
-            raise LagError(f"cannot read committed offsets of group {settings.kafka.config['group.id']}: "
-                           f"{exc.args[0]}") from None
+            raise _kafka_lag_error(f"cannot read committed offsets of group {settings.kafka.config['group.id']}",
+                                   exc) from None
         return sorted(lags, key=lambda p: (p.topic, p.partition))
     finally:
         consumer.close()
@@ -133,13 +173,24 @@ def group_lag(settings: Settings, timeout_s: float = 10.0) -> list[PartitionLag]
 async def queue_depths(settings: Settings, timeout_s: float = 10.0) -> list[QueueDepth]:
     """Ready messages and consumers of every configured queue, by passive declare."""
     import aio_pika
-    from aiormq.exceptions import ChannelNotFoundEntity
+    from aiormq.exceptions import AMQPConnectionError, ChannelNotFoundEntity, ProbableAuthenticationError
+
+    from smartico_stream.sources.rabbitmq import broker_of
 
     rabbit = settings.rabbitmq
+    where = f"RabbitMQ at {broker_of(rabbit.url)}"
     try:
         connection = await asyncio.wait_for(aio_pika.connect_robust(rabbit.url, **rabbit.connection), timeout_s)
-    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-        raise LagError(f"cannot connect to RabbitMQ: {exc or type(exc).__name__}") from None
+    except ProbableAuthenticationError:
+        raise LagError(f"rabbitmq.url: {where} refused the login (ACCESS_REFUSED); check the user and password",
+                       EXIT_CONFIG) from None
+    except TimeoutError:
+        raise LagError(f"rabbitmq.url: {where} did not answer within {timeout_s:g} s (--timeout)") from None
+    except (OSError, AMQPConnectionError) as exc:
+        raise LagError(f"rabbitmq.url: {where} is unreachable: {exc or type(exc).__name__}") from None
+    except aio_pika.exceptions.AMQPError as exc:
+        raise LagError(f"rabbitmq.url: {where} refused to open the connection ({type(exc).__name__}); check the "
+                       "virtual host", EXIT_CONFIG) from None
     depths: list[QueueDepth] = []
     missing: list[str] = []
     try:
@@ -219,10 +270,13 @@ def lag_command(
     """Per-partition committed offset, high watermark and lag of the group (Kafka), or per-queue depth
     and consumers (RabbitMQ), read from the broker; works while the service is down.
 
-    Exit codes: 0 within --max-lag, 1 above it, 2 invalid configuration, 3 broker unreachable or a
-    configured topic/queue missing."""
+    Exit codes: 0 within --max-lag, 1 above it, 2 invalid configuration (or credentials the broker
+    refuses), 3 broker unreachable or a configured topic/queue missing."""
     try:
         settings = load_settings(config)
+        problem = connection_problems(settings, str(config))
+        if problem is not None:
+            raise problem
     except ConfigError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_CONFIG) from None
@@ -230,7 +284,7 @@ def lag_command(
         lag = report(settings, timeout)
     except LagError as exc:
         typer.echo(f"lag: {exc}", err=True)
-        raise typer.Exit(EXIT_BROKER) from None
+        raise typer.Exit(exc.exit_code) from None
     if json:
         sys.stdout.buffer.write(orjson.dumps(lag.as_dict()) + b"\n")
         sys.stdout.flush()

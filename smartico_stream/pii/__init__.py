@@ -9,6 +9,8 @@ the key ring (:meth:`KeyRing.load`).
   :func:`reencrypt`, :func:`token_key_id`, :func:`lookup_hash` (HMAC-SHA256).
 - :mod:`.normalise` — :func:`normalise_phone` (E.164 via the user's country),
   :func:`normalise_email`, :func:`email_domain`, :func:`is_plausible_email`.
+- :mod:`.detect` — recognising emails and phones in custom fields (:func:`~.detect.looks_like_email`,
+  :func:`~.detect.looks_like_phone`) and their lookup form.
 """
 
 from __future__ import annotations

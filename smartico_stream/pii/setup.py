@@ -42,6 +42,10 @@ def pii_components(settings: PiiSettings, environ: Mapping[str, str] | None = No
             "no PII key ring configured: emails, phones and names are dropped on arrival (not stored) and "
             "dead-letter payloads are redacted; see docs/pii.md to keep them encrypted",
         )
-    vault = PiiVault(open_database(settings.store_url, settings.store_db_schema), ring) if ring else None
+    vault = PiiVault(
+        open_database(settings.store_url, settings.store_db_schema, connect_timeout_s=settings.store_connect_timeout_s),
+        ring,
+    ) if ring else None
     protect = encrypting(ring) if ring is not None and settings.dead_letters == "encrypt" else redacting
-    return PiiComponents(ring, PiiGuard(ring, settings.encrypt_names, settings.email_domain), vault, protect)
+    guard = PiiGuard(ring, settings.encrypt_names, settings.email_domain, settings.custom_fields)
+    return PiiComponents(ring, guard, vault, protect)

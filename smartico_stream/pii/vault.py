@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from smartico_stream.pii.crypto import decrypt, lookup_hash, reencrypt, token_key_id
 from smartico_stream.pii.keys import KeyRing
 from smartico_stream.store.schema import Migrations
-from smartico_stream.store.sql import Connection, Database
+from smartico_stream.store.sql import Connection, Database, dry_run
 
 PII_MIGRATIONS: Migrations = [
     (
@@ -85,15 +85,29 @@ class PiiVault:
         """Upsert (idempotent: a replayed batch writes the same rows again)."""
         if not records:
             return
-        now = _now()
         async with self.db.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO pii_values (brand, user_id, field, token, key_id, lookup_hash, valid, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (brand, user_id, field) DO UPDATE SET "
-                "token = excluded.token, key_id = excluded.key_id, lookup_hash = excluded.lookup_hash, "
-                "valid = excluded.valid, updated_at = excluded.updated_at",
-                [(r.brand, r.user, r.field, r.token, r.key_id, r.lookup_hash, int(r.valid), now) for r in records],
-            )
+            await self._write(conn, records)
+
+    async def probe(self, records: Sequence[PiiRecord]) -> None:
+        """Dry run of :meth:`write` (rolled back): raises what ``write`` would."""
+        if records:
+            await dry_run(self.db, lambda conn: self._write(conn, records))
+
+    def refusal(self, exc: BaseException) -> str | None:
+        """A value-free description when ``exc`` means the vault's database refused a value written."""
+        reason = self.db.refusal(exc)
+        return None if reason is None else f"PII vault: {reason}"
+
+    @staticmethod
+    async def _write(conn: Connection, records: Sequence[PiiRecord]) -> None:
+        now = _now()
+        await conn.executemany(
+            "INSERT INTO pii_values (brand, user_id, field, token, key_id, lookup_hash, valid, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (brand, user_id, field) DO UPDATE SET "
+            "token = excluded.token, key_id = excluded.key_id, lookup_hash = excluded.lookup_hash, "
+            "valid = excluded.valid, updated_at = excluded.updated_at",
+            [(r.brand, r.user, r.field, r.token, r.key_id, r.lookup_hash, int(r.valid), now) for r in records],
+        )
 
     async def reveal(self, brand: str, user: str, field: str, *, actor: str, purpose: str) -> str | None:
         """Decrypt one value for an explicit purpose (e.g. "email template welcome-1"); audited."""

@@ -1,4 +1,5 @@
-"""Why a record was dead-lettered. Every reason is specific and free of personal data."""
+"""Why a record was dead-lettered. Every reason is specific and free of personal data: it names the
+field and the rule, never a value from the record."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from smartico_stream.adapters.base import AdapterError
 from smartico_stream.events.raw import RawRecord
+from smartico_stream.events.types import is_field_name
 
 
 class RecordRejected(Exception):
@@ -31,6 +34,18 @@ class NotAnObject(RecordRejected):
     error_class = "NotAnObject"
 
 
+class InvalidText(RecordRejected):
+    """A string (or a key) holds what no store accepts: a NUL character or a lone surrogate."""
+
+    error_class = "InvalidText"
+
+
+class TooDeep(RecordRejected):
+    """Objects and arrays nested deeper than the limit."""
+
+    error_class = "TooDeep"
+
+
 @dataclass(slots=True)
 class DeadLetter:
     """A record that could not be handled, with the reason and where it came from."""
@@ -41,14 +56,38 @@ class DeadLetter:
     message: str
 
 
+# Pydantic prefixes the message of a ValueError raised in a validator; the field already says where.
+_VALUE_ERROR_PREFIX = "Value error, "
+# Only the project's own exceptions have messages written to name fields, never values.
+_OWN_PACKAGES = frozenset({"smartico_stream", "smartico_stream_adapters"})
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    # Keys in a location may come from the record (extra's keys): shown only when shaped like a field name.
+    parts = [str(part) if isinstance(part, int) or is_field_name(part) else "<key>" for part in loc]
+    return ".".join(parts) or "(record)"
+
+
+def _message_is_value_free(exc: BaseException) -> bool:
+    if isinstance(exc, RecordRejected | AdapterError):  # AdapterError: the adapter contract says so
+        return True
+    return type(exc).__module__.partition(".")[0] in _OWN_PACKAGES
+
+
 def describe_error(exc: BaseException) -> tuple[str, str]:
     """(error class, message) for a dead letter. Pydantic errors are rendered field by field without
-    the offending input, which may be personal data."""
+    the offending input, which may be personal data. The message of an exception from outside the
+    project (an adapter bug's ``KeyError``, a library's ``ValueError``) may quote the record, so only
+    its class is shown."""
     if isinstance(exc, ValidationError):
-        lines = [
-            f"{'.'.join(str(part) for part in err['loc']) or '(record)'}: {err['msg']}"
-            for err in exc.errors(include_url=False, include_input=False, include_context=False)
-        ]
+        lines = []
+        for err in exc.errors(include_url=False, include_input=False, include_context=False):
+            message = err["msg"]
+            if err["type"] == "value_error" and message.startswith(_VALUE_ERROR_PREFIX):
+                message = message[len(_VALUE_ERROR_PREFIX) :]
+            lines.append(f"{_location(err['loc'])}: {message}")
         return "ValidationError", f"{exc.error_count()} invalid field(s) for {exc.title}: " + "; ".join(lines)
     error_class = getattr(exc, "error_class", None) or type(exc).__name__
+    if not _message_is_value_free(exc):
+        return error_class, f"{error_class} (message withheld: it may quote the record)"
     return error_class, str(exc) or error_class

@@ -11,9 +11,12 @@ windows the second time.
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import orjson
 
@@ -21,15 +24,19 @@ from smartico_stream.adapters.base import Adapter, RecordContext
 from smartico_stream.engine.base import Engine
 from smartico_stream.events.models import CanonicalEvent, SourceCoordinates, UserProfile
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream, UserKey
+from smartico_stream.events.types import MAX_NESTING, is_field_name
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiRecord
 from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
 from smartico_stream.pipeline.errors import (
     DeadLetter,
     DecodeError,
+    InvalidText,
     MessageTooLarge,
     MissingKey,
     NotAnObject,
+    RecordRejected,
+    TooDeep,
     describe_error,
 )
 
@@ -137,7 +144,7 @@ class Pipeline:
                 result.last_timestamps[coordinates] = record.timestamp_ms
             error = poisoned.get((record.topic, record.partition, record.offset))
             if error is not None:
-                self._dead_letter(result, record, "engine", error)
+                self._dead_letter(result, record, getattr(error, "stage", "engine"), error)  # store: refused
                 continue
             try:
                 message, context = self._decode(record)
@@ -235,12 +242,10 @@ class Pipeline:
             )
         if record.key is None and self._limits.require_key:
             raise MissingKey("record has no key; topics must be keyed by user id to keep per-user order")
-        try:
-            message = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"not valid JSON: {exc}") from None
+        message = decode_json(value)
         if not isinstance(message, dict):
             raise NotAnObject(f"the JSON value is {_json_kind(message)}, not an object")
+        check_storable(value, message)
         context = RecordContext(
             stream=self._stream_of_topic[record.topic],
             topic=record.topic,
@@ -289,6 +294,199 @@ class Pipeline:
         error_class, message = describe_error(exc)
         result.dead_letters.append(DeadLetter(record, stage, error_class, message))
         result.results[(record.topic, DEAD_LETTERED)] += 1
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+#
+# orjson is the fast path. It reads every number with a fraction or an exponent as a binary double,
+# an integer beyond 64 bits as a double too, and 1e-400 as 0.0, so a record with such a literal is
+# read again exactly (the stdlib parser, with Decimal). To find those records without a regex (one
+# costs several microseconds per record), the bytes are mapped to a "shape" in one C pass: digits
+# and "." become "0", "e"/"E" become "e", "-"/"+" become "-", everything else a space. A double
+# holds every decimal of 15 digits, so only a run of 16 digits (with its point) or an exponent of
+# three digits below zero can lose anything. Strings can match too (a long digit string, say); that
+# costs only the slower path, which reads strings the same.
+_SHAPE = bytes(
+    ord("0") if chr(byte) in "0123456789." else ord("e") if chr(byte) in "eE" else ord("-") if chr(byte) in "-+"
+    else ord(" ")
+    for byte in range(256)
+)
+_LONG_NUMBER = b"0" * 16
+_TINY_EXPONENT = b"e-000"
+_NUL_ESCAPE = b"\\u0000"  # the only way a NUL can be in valid JSON text
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_NUL_REASON = "contains a NUL character (\\u0000), which stores refuse"
+_SURROGATE_REASON = "contains a lone surrogate (a \\ud800-\\udfff escape not in a pair), which stores refuse"
+# Deep enough for any real message; pydantic's JSON validation breaks (as "cyclic reference") at 255.
+_DEPTH_REASON = f"nested deeper than {MAX_NESTING} levels"
+
+
+def decode_json(value: bytes) -> object:
+    """The JSON value in ``value`` with every number as written: orjson first, the exact path for
+    the rare record whose numbers a double would round. Raises a RecordRejected naming what is wrong
+    (and where, when that is a field), never quoting the record."""
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+        if reason.startswith("number is infinity"):  # a literal beyond the double range: read it exactly
+            return _decode_exact(value)
+        raise _decode_failure(value, reason) from None
+    if _may_lose_numbers(value):
+        return _decode_exact(value)
+    return message
+
+
+def _may_lose_numbers(value: bytes) -> bool:
+    shape = value.translate(_SHAPE)
+    # "e-" first: a search for a needle ending in "0" is slow in a shape full of zeros.
+    return _LONG_NUMBER in shape or (b"e-" in shape and _TINY_EXPONENT in shape)
+
+
+def load_json_keeping_literals(value: bytes) -> object:
+    """JSON to be written again with orjson (a file of records read by ``simulate``, say): numbers
+    a double or a 64-bit integer would change stay ``orjson.Fragment``s of their literal text, so
+    ``orjson.dumps`` writes them back exactly as sent. Raises ``orjson.JSONDecodeError``."""
+    try:
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if not str(exc).startswith("number is infinity"):
+            raise
+    else:
+        if not _may_lose_numbers(value):
+            return message
+    text = value.decode("utf-8")  # orjson checks UTF-8 before anything else
+    try:
+        return json.loads(text, parse_float=_fragment, parse_int=_int_or_fragment, parse_constant=_fragment)
+    except json.JSONDecodeError as exc:
+        raise orjson.JSONDecodeError(exc.msg, exc.doc, exc.pos) from None
+
+
+def _fragment(text: str) -> orjson.Fragment:
+    return orjson.Fragment(text.encode())
+
+
+def _int_or_fragment(text: str) -> int | orjson.Fragment:
+    return int(text) if len(text) < 19 else orjson.Fragment(text.encode())  # 18 digits fit 64 bits
+
+
+def _int_literal(text: str) -> int | Decimal:
+    try:
+        return int(text)
+    except ValueError:  # longer than sys.get_int_max_str_digits(): let the field say what is wrong
+        return Decimal(text)
+
+
+def _no_constant(name: str) -> object:
+    raise DecodeError(f"not valid JSON: {name if name in ('NaN', 'Infinity', '-Infinity') else 'a constant'} "
+                      "is not a JSON number")
+
+
+def _decode_exact(value: bytes) -> object:
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _decode_failure(value, "not valid UTF-8") from None
+    try:
+        message = json.loads(text, parse_float=Decimal, parse_int=_int_literal, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON: {exc}") from None
+    except RecursionError:  # orjson read it, so it is nested over a thousand levels deep
+        raise TooDeep(f"the record is {_DEPTH_REASON}") from None
+    # orjson refuses lone surrogates; the stdlib parser reads them, so look for them here.
+    if _SURROGATE_ESCAPE.search(value) is not None:
+        bad = _paths(message, _has_lone_surrogate)
+        if bad:
+            raise InvalidText(_describe(bad, _SURROGATE_REASON))
+    return message
+
+
+def _decode_failure(value: bytes, reason: str) -> RecordRejected:
+    """A true reason for an orjson failure (its own says "surrogates not allowed" for any invalid
+    UTF-8, for instance)."""
+    if "UTF-8" in reason:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            where = _paths(_loads_lenient(value.decode("utf-8", "surrogateescape")), _has_undecodable_byte)
+            subject = f"{where[0]} " if where else ""
+            return DecodeError(f"{subject}not valid UTF-8 (at byte offset {exc.start})")
+    elif "surrogate" in reason:
+        bad = _paths(_loads_lenient(value), _has_lone_surrogate)
+        return InvalidText(_describe(bad, _SURROGATE_REASON) if bad else f"a string {_SURROGATE_REASON}")
+    elif reason.startswith("depth limit exceeded"):
+        return TooDeep(f"the record is {_DEPTH_REASON}")
+    return DecodeError(f"not valid JSON: {reason}")
+
+
+def _loads_lenient(text: str | bytes) -> object:
+    """The stdlib parser, which accepts lone surrogates, for finding where a bad string is."""
+    try:
+        return json.loads(text, parse_float=str, parse_int=str, parse_constant=str)
+    except (ValueError, RecursionError):
+        return None
+
+
+def check_storable(value: bytes, message: dict[str, object]) -> None:
+    """Refuse what one of the stores would refuse, on every store: NUL in any string or key (the
+    PostgreSQL text and JSONB types cannot hold it). The raw bytes are looked at first: a record
+    without a backslash (almost every one) pays one byte search. (orjson and _decode_exact already
+    refused invalid UTF-8 and lone surrogates; extra's nesting is bounded by the models.)"""
+    if b"\\" in value and _NUL_ESCAPE in value:
+        bad = _paths(message, _has_nul)
+        if bad:
+            raise InvalidText(_describe(bad, _NUL_REASON))
+
+
+def _has_nul(text: str) -> bool:
+    return "\x00" in text
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _has_undecodable_byte(text: str) -> bool:
+    # surrogateescape decoding maps each byte that is not UTF-8 to U+DC80..U+DCFF.
+    return any("\udc80" <= char <= "\udcff" for char in text)
+
+
+_MAX_REPORTED = 3
+
+
+def _paths(value: object, bad: Callable[[str], bool]) -> list[str]:
+    """Where (at most a few) strings or keys for which ``bad`` is true are, as the subjects of a
+    reason: ``slip.legs[1].id:`` for a value, ``a key in attributes`` for a key. A key not shaped
+    like a field name is never quoted."""
+    found: list[str] = []
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack and len(found) < _MAX_REPORTED:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if bad(item):
+                found.append(f"{path}:" if path else "the JSON string")
+        elif isinstance(item, dict):
+            for key, child in reversed(list(item.items())):
+                if isinstance(key, str) and bad(key):
+                    found.append(f"a key in {path}" if path else "a top-level key")
+                stack.append((child, f"{path}.{_part(key)}" if path else _part(key)))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in reversed(list(enumerate(item))))
+    return found[:_MAX_REPORTED]
+
+
+def _part(key: object) -> str:
+    return key if isinstance(key, str) and is_field_name(key) else "<key>"
+
+
+def _describe(subjects: list[str], reason: str) -> str:
+    return "; ".join(f"{subject} {reason}" for subject in subjects)
 
 
 def _json_kind(value: object) -> str:

@@ -38,6 +38,13 @@ class JsonlSinkSettings(SinkSettingsBase):
             raise setting_problem("must not be empty")
         return value
 
+    @field_validator("path")
+    @classmethod
+    def _not_a_directory(cls, value: Path) -> Path:
+        if value.is_dir():
+            raise setting_problem("is a directory; give the file to append to, e.g. DIR/actions.jsonl")
+        return value
+
     def default_name(self) -> str:
         return JsonlSink.default_name(self.path)
 

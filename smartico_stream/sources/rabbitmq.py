@@ -13,23 +13,39 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import itertools
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection, FieldValue
-from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    ProbableAuthenticationError,
+)
 
-from smartico_stream.config import RabbitMqSettings
+from smartico_stream.config import EXIT_CONFIG, RabbitMqSettings, StartupError
 from smartico_stream.events.raw import RawRecord
 from smartico_stream.observability.logging import get_logger
 from smartico_stream.observability.metrics import Metrics
 
 log = get_logger(__name__)
 
+# Connecting at start: first retry after 1 s, doubling to at most 30 s between attempts.
+_CONNECT_RETRY_FIRST_S = 1.0
+_CONNECT_RETRY_MAX_S = 30.0
 
-class TopologyError(RuntimeError):
-    """The exchanges or queues are missing or declared differently; says what to ask the operator for."""
+
+class TopologyError(StartupError):
+    """The exchanges or queues are missing or declared differently; says what to ask the operator for.
+    A configuration error at start (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_CONFIG)
 
 
 def message_key(message: AbstractIncomingMessage) -> str:
@@ -61,7 +77,7 @@ class RabbitMqSource:
     # lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._connection = await aio_pika.connect_robust(self._settings.url, **self._settings.connection)
+        self._connection = await self._connect()
         self._connection.reconnect_callbacks.add(self._on_reconnect)
         self._connection.close_callbacks.add(self._on_close)
         self._channel = await self._connection.channel()
@@ -74,6 +90,35 @@ class RabbitMqSource:
         self._set_connected(True)
         self._stats_task = asyncio.create_task(self._queue_stats_loop())
         log.info("consuming", queues=len(self._queues), prefetch=self._settings.prefetch)
+
+    async def _connect(self) -> AbstractRobustConnection:
+        """The first connection. An unreachable broker is retried, as the Kafka client does, with one
+        log line per attempt and a backoff doubling to 30 s; a broker that answers but refuses the
+        login or the virtual host is a configuration error (StartupError, exit 2), not retried.
+        Once connected, aio-pika's robust connection reconnects by itself."""
+        where = broker_of(self._settings.url)
+        for attempt in itertools.count(1):
+            try:
+                connection: AbstractRobustConnection = await aio_pika.connect_robust(
+                    self._settings.url, **self._settings.connection
+                )
+                return connection
+            except ProbableAuthenticationError:
+                raise StartupError(
+                    f"rabbitmq.url: RabbitMQ at {where} refused the login (ACCESS_REFUSED); check the user and "
+                    "password", EXIT_CONFIG
+                ) from None
+            except (AMQPConnectionError, OSError) as exc:
+                delay = min(_CONNECT_RETRY_FIRST_S * 2 ** (attempt - 1), _CONNECT_RETRY_MAX_S)
+                log.warning("RabbitMQ unreachable; retrying", broker=where, attempt=attempt, retry_in_s=delay,
+                            error=_reason(exc))
+                await asyncio.sleep(delay)
+            except AMQPError as exc:  # answered, then closed the connection: a vhost it does not know
+                raise StartupError(
+                    f"rabbitmq.url: RabbitMQ at {where} refused to open the connection ({type(exc).__name__}); "
+                    "check the virtual host and the user's permissions on it", EXIT_CONFIG
+                ) from None
+        raise AssertionError("unreachable")  # itertools.count never ends
 
     async def close(self) -> None:
         if self._stats_task is not None:
@@ -236,6 +281,22 @@ class RabbitMqSource:
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
         self._metrics.rabbitmq_connected.set(1 if connected else 0)
+
+
+def broker_of(url: str) -> str:
+    """``HOST:PORT`` of an AMQP URL, without user or password (for messages)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    default = 5671 if parts.scheme == "amqps" else 5672
+    return f"{parts.hostname or 'localhost'}:{port or default}"
+
+
+def _reason(exc: BaseException) -> str:
+    args = [a for a in exc.args if isinstance(a, str)]
+    return args[-1] if args else type(exc).__name__
 
 
 def _channel_closed(message: AbstractIncomingMessage) -> bool:

@@ -37,6 +37,21 @@ class ConflictError(RuntimeError):
         super().__init__(f"{len(self.users)} user(s) changed concurrently; batch rolled back")
 
 
+class RowEncodingError(ValueError):
+    """A row of the batch could not be encoded for the store (e.g. a user's state holding an integer
+    beyond 64 bits, which JSON encoding refuses). Raised before the database sees the row; the
+    message names the table and column and never quotes a value."""
+
+
+class StoreRefusedRecord(Exception):
+    """The store refused the content of one record (found by bisecting its batch, see
+    docs/exactly-once.md): the record becomes a dead letter with stage ``store``. The message says
+    what was refused (an error class, a SQLSTATE, a column), never the value."""
+
+    error_class = "StoreRefused"
+    stage = "store"
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """A partition's lease as acquired: the epoch to write with, where to resume, the dedup window."""
@@ -106,6 +121,15 @@ class Store(Protocol):
 
     async def commit(self, batch: BatchWrite) -> None:
         """Write the batch atomically; raise FencedError (and write nothing) if any epoch is stale."""
+
+    async def probe(self, batch: BatchWrite) -> None:
+        """Dry run of :meth:`commit`: write the batch in a transaction and roll it back. Raises what
+        ``commit`` would raise; leaves the store as it was either way."""
+
+    def refusal(self, exc: BaseException) -> str | None:
+        """A value-free description when ``exc`` (raised by :meth:`commit` or :meth:`probe`) means the
+        store refused the batch's content (bad data, not a lost connection, a fence or a conflict);
+        else ``None``."""
 
     async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
         """Outbox rows of these partitions not yet delivered to ``sink``, in order."""

@@ -8,9 +8,11 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from smartico_stream.config import EXIT_CONFIG, StartupError
 from smartico_stream.store.base import ConflictError
 from smartico_stream.store.schema import Dialect, Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
@@ -22,6 +24,11 @@ def user_lock_id(brand: str, user: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 _PLACEHOLDER = re.compile(r"\?")
+# What PostgreSQL raises when it refuses what was written rather than how (see PostgresDatabase.refusal).
+# UnicodeEncodeError: text Python cannot encode (a lone surrogate) fails in the store's own code first.
+_CONTENT_ERRORS = (
+    asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError, UnicodeEncodeError,
+)
 
 
 def _numbered(sql: str) -> str:
@@ -47,30 +54,68 @@ class _PgConnection:
         return int(status.rsplit(" ", 1)[-1])
 
 
+def server_of(dsn: str) -> str:
+    """``HOST:PORT/DATABASE`` of a DSN, without user or password (for messages)."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    return f"{host}:{port}/{database}"
+
+
+async def connect(dsn: str, timeout_s: float) -> asyncpg.Connection:
+    """One connection, within ``timeout_s``; a refusal, a timeout or a login problem is a StartupError
+    naming the server (never the password): unreachable (exit 3), or a database, role or password the
+    server refuses (exit 2, the configuration is wrong)."""
+    where = f"PostgreSQL at {server_of(dsn)}"
+    try:
+        return await asyncpg.connect(dsn, timeout=timeout_s)
+    except TimeoutError:
+        raise StartupError(f"{where} did not answer within {timeout_s:g} s", timed_out=True) from None
+    except asyncpg.InvalidCatalogNameError:
+        raise StartupError(f"{where}: the database does not exist", EXIT_CONFIG) from None
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidPasswordError) as exc:
+        raise StartupError(f"{where} refused the login: {type(exc).__name__}", EXIT_CONFIG) from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise StartupError(f"{where} is unreachable: {reason.lower()}") from None
+    except asyncpg.PostgresError as exc:
+        raise StartupError(f"{where} refused the connection: {type(exc).__name__}", EXIT_CONFIG) from None
+
+
 class PostgresDatabase:
-    """A connection pool with transactions; ``schema`` (created if missing) isolates one deployment."""
+    """A connection pool with transactions; ``schema`` (created if missing) isolates one deployment.
+    Connecting at ``open`` gives up after ``connect_timeout_s``."""
 
     dialect: Dialect = "postgres"
 
-    def __init__(self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
+    def __init__(
+        self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
         self._min_size = min_size
         self._max_size = max_size
+        self._connect_timeout_s = connect_timeout_s
         self._pool: asyncpg.Pool | None = None
 
     async def open(self, migrations: Migrations) -> None:
         # Instances starting together must not both create the schema or apply a migration: one
         # session-level advisory lock covers both.
         lock = zlib.crc32(f"smartico-stream:{self.schema or ''}".encode())
-        guard = await asyncpg.connect(self.dsn)
+        guard = await connect(self.dsn, self._connect_timeout_s)
         try:
             await guard.execute("SELECT pg_advisory_lock($1)", lock)
             if self.schema:
                 await guard.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             settings = {"search_path": self.schema} if self.schema else None
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
+                self.dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings,
+                timeout=self._connect_timeout_s,
             )
             await apply_migrations(self, migrations)
         finally:
@@ -96,6 +141,21 @@ class PostgresDatabase:
             raise RuntimeError("database is not open")
         return self._pool
 
+    def refusal(self, exc: BaseException) -> str | None:
+        """Data errors (class 22: a NUL or an invalid encoding in text, a number out of range, also
+        asyncpg's own refusal to encode an argument), integrity violations (class 23) and program
+        limits (class 54: an index row over the btree maximum), text Python cannot encode. Only the
+        class, the SQLSTATE and the table are named: PostgreSQL's and asyncpg's messages may quote
+        the value."""
+        if not isinstance(exc, _CONTENT_ERRORS):
+            return None
+        details = [type(exc).__name__]
+        if sqlstate := getattr(exc, "sqlstate", None):
+            details.append(f"SQLSTATE {sqlstate}")
+        if table := getattr(exc, "table_name", None):
+            details.append(f"table {table}")
+        return f"PostgreSQL refused a value of this record ({', '.join(details)})"
+
 
 class PostgresStore(SqlStore):
     """The state store on PostgreSQL."""
@@ -117,7 +177,16 @@ class PostgresStore(SqlStore):
             # Should not happen with the ordered locks; if it does, it is a conflict to redo.
             raise ConflictError([(u.brand, u.user) for u in batch.users]) from exc
 
-    def __init__(self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
-        super().__init__(PostgresDatabase(dsn, schema, min_size, max_size))
+    async def probe(self, batch: Any) -> None:
+        try:
+            await super().probe(batch)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+            raise ConflictError([(u.brand, u.user) for u in batch.users]) from exc
+
+    def __init__(
+        self, dsn: str, schema: str | None = None, min_size: int = 1, max_size: int = 4,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__(PostgresDatabase(dsn, schema, min_size, max_size, connect_timeout_s))
         self.dsn = dsn
         self.schema = schema

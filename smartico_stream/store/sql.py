@@ -5,7 +5,7 @@ SQL uses ``?`` placeholders; the PostgreSQL connection rewrites them to ``$n``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -14,7 +14,7 @@ from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import PartitionId, UserKey
-from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow
+from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow, RowEncodingError
 from smartico_stream.store.schema import STATE_MIGRATIONS, Dialect, Migrations, to_signed, to_unsigned
 
 
@@ -65,6 +65,21 @@ def _each_partition(count: int, condition: str = "") -> str:
     return " OR ".join([f"(topic = ? AND part = ?{condition})"] * count)
 
 
+class _DryRun(Exception):
+    """Raised inside a probe's transaction to roll it back."""
+
+
+def _encoded_users(users: Sequence[UserState], now: str) -> list[tuple[Any, ...]]:
+    """The users' rows, in one lock order. A state JSON cannot hold (an integer beyond 64 bits
+    from a custom field) is a :class:`RowEncodingError`, so the service can isolate its record."""
+    try:
+        ordered = sorted(users, key=lambda u: (u.brand, u.user))
+        return [(u.brand, u.user, u.to_json(), u.version + 1, now) for u in ordered]
+    except (TypeError, ValueError) as exc:
+        # orjson's messages name the problem ("Integer exceeds 64-bit range"), never the value.
+        raise RowEncodingError(f"users.state: a user's state cannot be encoded as JSON ({exc})") from None
+
+
 class Database(Protocol):
     """What the store logic needs from a database: SQLiteDatabase or PostgresDatabase."""
 
@@ -81,6 +96,22 @@ class Database(Protocol):
     def connection(self) -> AbstractAsyncContextManager[Connection]:
         """A Connection for reads."""
         ...
+
+    def refusal(self, exc: BaseException) -> str | None:
+        """A value-free description when ``exc`` means the database refused the content written
+        (not the connection, not a lock), else ``None``."""
+        ...
+
+
+async def dry_run(db: Database, write: Callable[[Connection], Awaitable[None]]) -> None:
+    """Run ``write`` in a transaction of ``db`` and roll it back: raises what a real write would,
+    leaves the database as it was."""
+    try:
+        async with db.transaction() as conn:
+            await write(conn)
+            raise _DryRun
+    except _DryRun:
+        return
 
 
 class SqlStore:
@@ -194,66 +225,80 @@ class SqlStore:
     # batches -----------------------------------------------------------------------------------
 
     async def commit(self, batch: BatchWrite) -> None:
-        now = _now()
         async with self.transaction() as conn:
-            await self._check_epochs(conn, batch.epochs)
-            if batch.users:
-                await self._check_versions(conn, batch.users)
-                await conn.executemany(
-                    "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
-                    "updated_at = excluded.updated_at",
-                    [(u.brand, u.user, u.to_json(), u.version + 1, now)
-                     for u in sorted(batch.users, key=lambda u: (u.brand, u.user))],
-                )
-            if batch.actions:
-                await conn.executemany(
-                    "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            action.action_id, topic, part, action.brand, action.user, action.rule_id,
-                            action.to_json(), now,
-                        )
-                        for (topic, part), action in batch.actions
-                    ],
-                )
-            if batch.history:
-                await conn.executemany(
-                    "INSERT INTO history (brand, user_id, rule_id, event_id, event_type, event_time, outcome, "
-                    "executions, reason, qualified_at, qualified_until, recorded_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (h.brand, h.user, h.rule_id, h.event_id, h.event_type, _iso(h.event_time), h.outcome,
-                         h.executions, h.reason, _iso(h.qualified_at), _iso(h.qualified_until), now)
-                        for h in batch.history
-                    ],
-                )
-            added = [(t, p, to_signed(d), seen) for (t, p), keys in batch.dedup_added.items() for d, seen in keys]
-            if added:
-                await conn.executemany(
-                    "INSERT INTO dedup_keys (topic, part, digest, first_seen) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (topic, part, digest) DO UPDATE SET first_seen = excluded.first_seen",
-                    added,
-                )
-            if batch.dedup_horizon is not None and batch.epochs:
-                await self._delete_older(conn, "dedup_keys", "first_seen", list(batch.epochs), batch.dedup_horizon)
-            handled = [(t, p, key, batch.handled_at) for (t, p), keys in batch.handled_messages.items() for key in keys]
-            if handled:
-                await conn.executemany(
-                    "INSERT INTO handled_messages (topic, part, message_key, handled_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (topic, part, message_key) DO NOTHING",
-                    handled,
-                )
-            if batch.handled_horizon is not None and batch.handled_messages:
-                await self._delete_older(conn, "handled_messages", "handled_at", list(batch.handled_messages),
-                                         batch.handled_horizon)
-            if batch.offsets:
-                await conn.executemany(
-                    "INSERT INTO source_offsets (topic, part, next_offset) VALUES (?, ?, ?) "
-                    "ON CONFLICT (topic, part) DO UPDATE SET next_offset = excluded.next_offset",
-                    [(t, p, o) for (t, p), o in batch.offsets.items()],
-                )
+            await self._write(conn, batch)
+
+    async def probe(self, batch: BatchWrite) -> None:
+        """Dry run of :meth:`commit` (the batch is written, then rolled back): how a batch the store
+        refused is searched for the record that caused it (docs/exactly-once.md)."""
+        await dry_run(self.db, lambda conn: self._write(conn, batch))
+
+    def refusal(self, exc: BaseException) -> str | None:
+        """See :meth:`Store.refusal`: a row this store could not encode, or the database's own
+        data errors (:meth:`Database.refusal`)."""
+        if isinstance(exc, RowEncodingError):
+            return str(exc)
+        return self.db.refusal(exc)
+
+    async def _write(self, conn: Connection, batch: BatchWrite) -> None:
+        now = _now()
+        await self._check_epochs(conn, batch.epochs)
+        if batch.users:
+            await self._check_versions(conn, batch.users)
+            await conn.executemany(
+                "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
+                "updated_at = excluded.updated_at",
+                _encoded_users(batch.users, now),
+            )
+        if batch.actions:
+            await conn.executemany(
+                "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        action.action_id, topic, part, action.brand, action.user, action.rule_id,
+                        action.to_json(), now,
+                    )
+                    for (topic, part), action in batch.actions
+                ],
+            )
+        if batch.history:
+            await conn.executemany(
+                "INSERT INTO history (brand, user_id, rule_id, event_id, event_type, event_time, outcome, "
+                "executions, reason, qualified_at, qualified_until, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (h.brand, h.user, h.rule_id, h.event_id, h.event_type, _iso(h.event_time), h.outcome,
+                     h.executions, h.reason, _iso(h.qualified_at), _iso(h.qualified_until), now)
+                    for h in batch.history
+                ],
+            )
+        added = [(t, p, to_signed(d), seen) for (t, p), keys in batch.dedup_added.items() for d, seen in keys]
+        if added:
+            await conn.executemany(
+                "INSERT INTO dedup_keys (topic, part, digest, first_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (topic, part, digest) DO UPDATE SET first_seen = excluded.first_seen",
+                added,
+            )
+        if batch.dedup_horizon is not None and batch.epochs:
+            await self._delete_older(conn, "dedup_keys", "first_seen", list(batch.epochs), batch.dedup_horizon)
+        handled = [(t, p, key, batch.handled_at) for (t, p), keys in batch.handled_messages.items() for key in keys]
+        if handled:
+            await conn.executemany(
+                "INSERT INTO handled_messages (topic, part, message_key, handled_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (topic, part, message_key) DO NOTHING",
+                handled,
+            )
+        if batch.handled_horizon is not None and batch.handled_messages:
+            await self._delete_older(conn, "handled_messages", "handled_at", list(batch.handled_messages),
+                                     batch.handled_horizon)
+        if batch.offsets:
+            await conn.executemany(
+                "INSERT INTO source_offsets (topic, part, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, part) DO UPDATE SET next_offset = excluded.next_offset",
+                [(t, p, o) for (t, p), o in batch.offsets.items()],
+            )
 
     async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
         found: dict[UserKey, UserState] = {}

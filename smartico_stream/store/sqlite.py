@@ -11,6 +11,9 @@ from typing import Any
 from smartico_stream.store.schema import Dialect, Migrations, apply_migrations
 from smartico_stream.store.sql import SqlStore
 
+# Raised by sqlite3 for what was written rather than how (see SqliteDatabase.refusal).
+_CONTENT_ERRORS = (sqlite3.DataError, sqlite3.IntegrityError, OverflowError, UnicodeEncodeError)
+
 
 class _SqliteConnection:
     def __init__(self, db: sqlite3.Connection) -> None:
@@ -73,6 +76,14 @@ class SqliteDatabase:
         if self._db is None:
             raise RuntimeError("database is not open")
         return self._db
+
+    def refusal(self, exc: BaseException) -> str | None:
+        """SQLite stores any text (NUL included) and any size up to its 1 GB limit, so few contents
+        fail here: a data or integrity error, an integer beyond 64 bits, a string Python cannot
+        encode as UTF-8 (a lone surrogate an adapter produced). Only the error class is named."""
+        if not isinstance(exc, _CONTENT_ERRORS):
+            return None
+        return f"SQLite refused a value of this record ({type(exc).__name__})"
 
 
 class SqliteStore(SqlStore):

@@ -116,7 +116,9 @@ def decimal_amounts(draw: st.DrawFn) -> tuple[Any, Decimal, bool]:
         value = draw(st.decimals(min_value=0, max_value=10**12, places=places, allow_nan=False, allow_infinity=False))
         text = format(value, "f")
         return text, Decimal(text), True
-    number = draw(st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False))
+    # Within the schema's range, at most 18 digits after the point: a double of 0.01 or more has no more.
+    number = draw(st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
+                  .filter(lambda n: n == 0 or n >= 0.01))
     # What the operator wrote, not the binary float: 0.1 must become 0.1, not 0.1000000000000000055...
     return number, Decimal(repr(number)), False
 
