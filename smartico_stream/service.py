@@ -492,7 +492,9 @@ class Service:
         """Redelivered messages whose ids the store has: handled before a crash, ack them only."""
         redelivered: dict[PartitionId, list[str]] = {}
         for record in records:
-            if record.redelivered and record.message_id:
+            # An id with a NUL cannot have been stored (the record was refused), and PostgreSQL
+            # would refuse the very lookup: it is fresh, and the batch dead-letters it.
+            if record.redelivered and record.message_id and "\x00" not in record.message_id:
                 redelivered.setdefault((record.topic, record.partition), []).append(record.message_id)
         if not redelivered:
             return records, []

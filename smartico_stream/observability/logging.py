@@ -40,6 +40,13 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # The RabbitMQ source and sinks log their own connection failures and retries, once each;
+    # aio-pika and aiormq would add two lines of their own per attempt.
+    for name in _QUIETED_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.ERROR, root.level))
+
+
+_QUIETED_CLIENT_LOGGERS = ("aiormq", "aio_pika")
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
