@@ -7,23 +7,27 @@ golden-file input format) or bare operator messages, which then need ``stream`` 
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from smartico_stream.adapters.base import Adapter
+from smartico_stream.batch.checkpoint import Checkpoint, CheckpointEnv, Handled, Outcome, Progress
+from smartico_stream.batch.observer import BaseObserver, BatchReport, Observers
+from smartico_stream.batch.ownership import Ownership
+from smartico_stream.batch.states import StateCache
+from smartico_stream.config import DedupSettings
 from smartico_stream.engine.actions import Action
-from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
 from smartico_stream.engine.rules import RuleSet
-from smartico_stream.engine.state import UserState
-from smartico_stream.events.raw import RawRecord, Stream
+from smartico_stream.events.raw import PartitionId, RawRecord, Stream
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiVault
-from smartico_stream.pipeline.dedup import DedupWindow
+from smartico_stream.pipeline.errors import DeadLetter
 from smartico_stream.pipeline.pipeline import (
     DEAD_LETTERED,
     DEDUPLICATED,
@@ -32,11 +36,13 @@ from smartico_stream.pipeline.pipeline import (
     PipelineLimits,
     load_json_keeping_literals,
 )
-from smartico_stream.store import BatchWrite
+from smartico_stream.store.base import FencedError, Store
 from smartico_stream.store.sqlite import SqliteStore
 
 # Offline there is no arrival time: every repeat of a key within the file is inside the window.
 _OFFLINE_NOW = 0.0
+_DEDUP = DedupSettings(max_entries=10_000_000)
+_STATE_CACHE = 100_000
 # Hand-written input files may leave records unkeyed.
 _LIMITS = PipelineLimits(require_key=False)
 
@@ -115,8 +121,10 @@ async def simulate(
     guard: PiiGuard | None = None,
     vault: PiiVault | None = None,
 ) -> SimulationSummary:
-    """Run ``records`` through the pipeline (with the PII ``guard``; encrypted values go to
-    ``vault``), the rules and an SQLite store; report actions per batch."""
+    """Run ``records`` through the service's own checkpoint (pipeline with the PII ``guard``, rules,
+    dead letters, one SQLite store transaction per batch; encrypted values go to ``vault``) and
+    report each committed batch's actions. A record the engine fails on is a dead letter, as in the
+    service."""
     with tempfile.TemporaryDirectory(prefix="smartico-simulate-") as scratch:
         store = SqliteStore(state_path or Path(scratch) / "state.db")
         await store.open()
@@ -131,6 +139,49 @@ async def simulate(
                 await vault.close()
 
 
+class _FileTransport:
+    """A file as the checkpoint's transport: every partition is ours from its first record, nothing
+    is read twice, and dead letters are only counted (there is no broker to publish them to)."""
+
+    def __init__(self, ownership: Ownership) -> None:
+        self._ownership = ownership
+
+    async def claim(self, records: Sequence[RawRecord]) -> None:
+        unowned = sorted({(r.topic, r.partition) for r in records} - set(self._ownership.epochs))
+        if unowned:
+            await self._ownership.claim(unowned)
+
+    async def already_handled(self, records: Sequence[RawRecord], store: Store) -> list[RawRecord]:
+        return []
+
+    def progress(self, records: Sequence[RawRecord], next_offsets: Mapping[PartitionId, int]) -> Progress:
+        return Progress(offsets=dict(next_offsets))
+
+    async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
+        return None
+
+    async def fenced(self, error: FencedError) -> bool:
+        raise RuntimeError(f"the simulation's store was taken over by another process: {error}")
+
+    async def handled(self, batch: Handled) -> bool:
+        return True
+
+
+class _Summarise(BaseObserver):
+    def __init__(self, summary: SimulationSummary, on_actions: Callable[[list[Action]], None]) -> None:
+        self._summary = summary
+        self._on_actions = on_actions
+
+    def committed(self, report: BatchReport) -> None:
+        summary, result = self._summary, report.result
+        self._on_actions([action for _, action in report.actions])
+        summary.records += len(report.records)
+        summary.actions += len(report.actions)
+        summary.processed += result.count(OK)
+        summary.deduplicated += result.count(DEDUPLICATED)
+        summary.dead_lettered += result.count(DEAD_LETTERED)
+
+
 async def _run(
     records: Iterable[RawRecord],
     adapter: Adapter,
@@ -142,53 +193,25 @@ async def _run(
     guard: PiiGuard,
     vault: PiiVault | None,
 ) -> SimulationSummary:
-    windows: dict[tuple[str, int], DedupWindow] = {}
-    epochs: dict[tuple[str, int], int] = {}
+    def offline() -> float:
+        return _OFFLINE_NOW
 
-    def window_for(topic: str, partition: int) -> DedupWindow:
-        return windows.setdefault((topic, partition), DedupWindow(float("inf"), 10_000_000, lambda: _OFFLINE_NOW))
-
+    states = StateCache(store, _STATE_CACHE)
+    ownership = Ownership(store, "simulate", _DEDUP, offline, on_revoke=states.clear)
     pipeline = Pipeline(
-        adapter, {s.value: s for s in Stream}, window_for, limits, clock=lambda: _OFFLINE_NOW, guard=guard
+        adapter, {s.value: s for s in Stream}, ownership.window_for, limits, clock=offline, guard=guard
     )
-    engine = RuleEngine(rules)
     summary = SimulationSummary()
+    env = CheckpointEnv(
+        pipeline=pipeline, store=store, states=states, ownership=ownership,
+        transport=_FileTransport(ownership), observer=Observers([_Summarise(summary, on_actions)]),
+        rules=RuleEngine(rules), clock=offline, dedup_window_s=_DEDUP.window_seconds,
+        handled_retention_s=0.0, dead_letter_timeout_s=0.0, vault=vault,
+    )
+    never = asyncio.Event()
     for batch_records in _batches(records, batch_size):
-        missing = sorted({(r.topic, r.partition) for r in batch_records} - set(epochs))
-        if missing:
-            leases = await store.acquire(missing, "simulate", dedup_since=_OFFLINE_NOW)
-            epochs.update({tp: lease.epoch for tp, lease in leases.items()})
-        adapted = pipeline.adapt(batch_records)
-        needing = await store.load_users(adapted.users_needing_region())
-        countries = {key: state.country for key, state in needing.items()}
-        result = pipeline.protect_and_dedup(adapted, countries.get)
-        users = result.users()
-        loaded = await store.load_users(users)
-        states = {key: loaded.get(key) or UserState(brand=key[0], user=key[1]) for key in users}
-        batch = BatchEngine(engine, states)
-        pipeline.apply(result, batch)
-        if result.engine_failures:
-            # Offline, an engine failure is a bug to see, not to hide behind a dead letter.
-            (record_id, error), *_ = result.engine_failures.items()
-            raise RuntimeError(f"engine failed on record {record_id}: {error!r}") from error
-        if vault is not None:
-            await vault.write(result.pii)
-        await store.commit(
-            BatchWrite(
-                epochs={tp: epochs[tp] for tp in result.next_offsets},
-                users=list(batch.touched.values()),
-                actions=batch.actions,
-                history=batch.history,
-                dedup_added=result.dedup_added,
-            )
-        )
-        for tp, keys in result.dedup_added.items():
-            for digest, first_seen in keys:
-                window_for(*tp).add(digest, first_seen)
-        on_actions([action for _, action in batch.actions])
-        summary.records += len(batch_records)
-        summary.actions += len(batch.actions)
-        summary.processed += result.count(OK)
-        summary.deduplicated += result.count(DEDUPLICATED)
-        summary.dead_lettered += result.count(DEAD_LETTERED)
+        checkpoint = Checkpoint(env, batch_records, never)
+        while (outcome := await checkpoint.attempt()) is not Outcome.COMMITTED:
+            if outcome is not Outcome.REDO:  # one process, one store: nobody else can change it
+                raise RuntimeError(f"the simulation's batch ended {outcome.value}")
     return summary

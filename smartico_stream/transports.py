@@ -9,29 +9,34 @@ aio-pika is asyncio-native and runs on the event loop.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
+from smartico_stream.batch.checkpoint import BatchTransport, Handled, Progress
+from smartico_stream.batch.ownership import Ownership
 from smartico_stream.config import Settings
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream
+from smartico_stream.observability.logging import get_logger
 from smartico_stream.observability.metrics import Metrics
 from smartico_stream.pii.payloads import Protector
 from smartico_stream.pipeline.errors import DeadLetter
+from smartico_stream.pipeline.pipeline import DEAD_LETTERED, OK
 from smartico_stream.sinks.dead_letters import KafkaDeadLetterSink, RabbitMqDeadLetterSink
-from smartico_stream.sources.kafka import KafkaSource, PartitionListener, connection_config
+from smartico_stream.sources.kafka import KafkaSource, connection_config
 from smartico_stream.sources.rabbitmq import RabbitMqSource
+from smartico_stream.store.base import FencedError, Store
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
 
-class Transport(Protocol):
+class Transport(BatchTransport, Protocol):
+    """A broker as the service sees it; the checkpoint's part is :class:`BatchTransport`."""
+
     name: str
-    # True when partition ownership is learnt from deliveries (RabbitMQ single-active-consumer),
-    # False when the broker assigns it (Kafka rebalance callbacks).
-    claims_on_delivery: bool
-    # True when redelivered records must be checked against the store's handled ids.
-    redelivers: bool
 
     @property
     def stream_of_topic(self) -> Mapping[str, Stream]: ...
@@ -43,18 +48,7 @@ class Transport(Protocol):
 
     async def poll(self) -> list[RawRecord]: ...
 
-    async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None: ...
-
-    async def handled(
-        self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]
-    ) -> bool:
-        """The batch in hand is durable: commit / ack it. False if the broker could not be told."""
-
     async def idle(self) -> None: ...
-
-    def still_owner(self) -> bool:
-        """Whether the batch in hand is still this instance's to handle."""
-        ...
 
     async def pause(self) -> None: ...
 
@@ -69,17 +63,19 @@ class Transport(Protocol):
 
 
 class KafkaTransport:
-    name = "kafka"
-    claims_on_delivery = False
-    redelivers = False
+    """Partitions come from rebalances; progress is the offsets, stored with the batch and then
+    committed to Kafka for lag tools."""
 
-    def __init__(self, settings: Settings, listener: PartitionListener, metrics: Metrics, protect: Protector) -> None:
+    name = "kafka"
+
+    def __init__(self, settings: Settings, ownership: Ownership, metrics: Metrics, protect: Protector) -> None:
         kafka = settings.kafka
+        self._ownership = ownership
         self._stream_of_topic = kafka.stream_of_topic()
         self.source = KafkaSource(
             kafka.config,
             self._stream_of_topic,
-            listener=listener,
+            listener=ownership,
             metrics=metrics,
             batch_size=kafka.batch_size,
             poll_timeout_s=kafka.poll_timeout_s,
@@ -109,14 +105,23 @@ class KafkaTransport:
     async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
         await self._call(self._dead_letters.publish, letters, timeout_s)
 
-    async def handled(
-        self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]
-    ) -> bool:
-        await self._call(self.source.commit, next_offsets, last_timestamps)
+    async def claim(self, records: Sequence[RawRecord]) -> None:
+        """Ownership changes arrive through the rebalance callbacks."""
+
+    async def already_handled(self, records: Sequence[RawRecord], store: Store) -> list[RawRecord]:
+        return []  # a record is never read again past the stored offset
+
+    def progress(self, records: Sequence[RawRecord], next_offsets: Mapping[PartitionId, int]) -> Progress:
+        return Progress(offsets=dict(next_offsets))
+
+    async def fenced(self, error: FencedError) -> bool:
+        log.warning("fenced: dropping partitions taken over by another member", error=str(error))
+        self._ownership.partitions_revoked(list(error.partitions), lost=True)
         return True
 
-    def still_owner(self) -> bool:
-        return True  # ownership changes arrive through the rebalance callbacks
+    async def handled(self, batch: Handled) -> bool:
+        await self._call(self.source.commit, batch.next_offsets, batch.last_timestamps)
+        return True
 
     def lag_messages(self) -> int | None:
         """The lag summed over the assigned partitions, from the client's last statistics."""
@@ -140,12 +145,15 @@ class KafkaTransport:
 
 
 class RabbitMqTransport:
-    name = "rabbitmq"
-    claims_on_delivery = True
-    redelivers = True
+    """A queue's owner is learnt from its first delivery (single-active-consumer); progress is the
+    handled message ids, stored with the batch, so a redelivery after a crash is acknowledged only."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, protect: Protector) -> None:
+    name = "rabbitmq"
+
+    def __init__(self, settings: Settings, ownership: Ownership, metrics: Metrics, protect: Protector) -> None:
         rabbit = settings.rabbitmq
+        self._ownership = ownership
+        self._metrics = metrics
         self.source = RabbitMqSource(rabbit, metrics)
         self._poll_timeout_s = rabbit.poll_timeout_s
         self._stream_of_queue = rabbit.queues()
@@ -177,13 +185,58 @@ class RabbitMqTransport:
     async def publish_dead_letters(self, letters: Sequence[DeadLetter], timeout_s: float) -> None:
         await asyncio.wait_for(self._dead_letters.publish(letters), timeout_s)
 
-    async def handled(
-        self, next_offsets: Mapping[PartitionId, int], last_timestamps: Mapping[PartitionId, int]
-    ) -> bool:
-        return await self.source.acknowledge()
+    async def claim(self, records: Sequence[RawRecord]) -> None:
+        """With single-active-consumer, the first delivery is how a member learns it became a
+        queue's owner: take the leases of queues not held yet."""
+        unowned = sorted({(r.topic, r.partition) for r in records} - set(self._ownership.epochs))
+        if unowned:
+            await self._ownership.claim(unowned)
 
-    def still_owner(self) -> bool:
-        return self.source.batch_alive()
+    async def already_handled(self, records: Sequence[RawRecord], store: Store) -> list[RawRecord]:
+        """Redelivered messages whose ids the store has: handled before a crash. Checked on every
+        attempt: a redo after a conflict may find that the member this queue just moved from
+        committed some of them meanwhile."""
+        redelivered: dict[PartitionId, list[str]] = {}
+        for record in records:
+            # An id with a NUL cannot have been stored (the record was refused), and PostgreSQL
+            # would refuse the very lookup: it is fresh, and the batch dead-letters it.
+            if record.redelivered and record.message_id and "\x00" not in record.message_id:
+                redelivered.setdefault((record.topic, record.partition), []).append(record.message_id)
+        done: set[tuple[PartitionId, str]] = set()
+        for tp, keys in redelivered.items():
+            done.update((tp, key) for key in await store.handled(tp, keys))
+        return [r for r in records if ((r.topic, r.partition), r.message_id) in done] if done else []
+
+    def progress(self, records: Sequence[RawRecord], next_offsets: Mapping[PartitionId, int]) -> Progress:
+        handled_ids: dict[PartitionId, list[str]] = {}
+        for record in records:
+            if record.message_id:
+                handled_ids.setdefault((record.topic, record.partition), []).append(record.message_id)
+        return Progress(handled_ids=handled_ids)
+
+    async def fenced(self, error: FencedError) -> bool:
+        if not self.source.batch_alive():
+            # Our channel died: the broker hands these messages to the new active consumer.
+            # Neither commit nor ack them.
+            log.warning("fenced after losing the channel; leaving the batch to the new owner")
+            return False
+        # Still delivering to us on a live channel: the queue moved away and back. Take the lease
+        # anew and redo; acking the batch unhandled would delete it.
+        log.warning("lease was taken meanwhile; claiming the queues again", error=str(error))
+        await self._ownership.claim(list(error.partitions))
+        return True
+
+    async def handled(self, batch: Handled) -> bool:
+        acks = self._metrics.rabbitmq_acks
+        for record in batch.already_handled:
+            acks.labels(record.topic, "redelivered_handled").inc()
+        counts = Counter(
+            (record.topic, DEAD_LETTERED if (record.topic, record.offset) in batch.dead_lettered else OK)
+            for record in batch.records
+        )
+        for (topic, kind), count in counts.items():
+            acks.labels(topic, kind).inc(count)
+        return await self.source.acknowledge()
 
     def lag_messages(self) -> int | None:
         return None  # queue depth is read from the broker by the queue metrics, not kept here
@@ -205,7 +258,7 @@ class RabbitMqTransport:
         await self.source.close()
 
 
-def transport_for(settings: Settings, listener: PartitionListener, metrics: Metrics, protect: Protector) -> Transport:
+def transport_for(settings: Settings, ownership: Ownership, metrics: Metrics, protect: Protector) -> Transport:
     if settings.source == "rabbitmq":
-        return RabbitMqTransport(settings, metrics, protect)
-    return KafkaTransport(settings, listener, metrics, protect)
+        return RabbitMqTransport(settings, ownership, metrics, protect)
+    return KafkaTransport(settings, ownership, metrics, protect)

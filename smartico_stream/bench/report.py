@@ -67,8 +67,14 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
     report["complete"] = bool(ran) and all(s.get("complete") for s in ran) and "error" not in report["dedup"]
     users = scaling["users"] if isinstance(scaling["users"], dict) else {}
     processes = scaling["processes"] if isinstance(scaling["processes"], dict) else {}
+    rabbit_raw = scenarios["rabbitmq_raw"].get("events_per_s")
+    rabbit_pipeline = scenarios["rabbitmq_pipeline"].get("events_per_s")
     targets = {
         "pipeline_events_per_s >= 100000": pipeline,
+        "aggregates_events_per_s >= 200000": scenarios["aggregates"].get("events_per_s"),
+        "pipeline_postgres_events_per_s >= 50000": scenarios["pipeline_postgres"].get("events_per_s"),
+        "rabbitmq_pipeline >= 0.8 x rabbitmq_raw": round(rabbit_pipeline / rabbit_raw, 3)
+        if rabbit_raw and rabbit_pipeline else None,
         "p99_latency_ms <= 250": report["p99_latency_ms"],
         "dedup_bytes_per_key <= 64": report["dedup_bytes_per_key"],
         "users_1m_events_per_s >= 0.8 x users_100k": users.get("events_per_s_ratio_1m_to_100k"),
@@ -77,6 +83,9 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
     }
     checks = {
         "pipeline_events_per_s >= 100000": lambda v: v >= 100_000,
+        "aggregates_events_per_s >= 200000": lambda v: v >= 200_000,
+        "pipeline_postgres_events_per_s >= 50000": lambda v: v >= 50_000,
+        "rabbitmq_pipeline >= 0.8 x rabbitmq_raw": lambda v: v >= 0.8,
         "p99_latency_ms <= 250": lambda v: v <= 250,
         "dedup_bytes_per_key <= 64": lambda v: v <= 64,
         "users_1m_events_per_s >= 0.8 x users_100k": lambda v: v >= 0.8,

@@ -154,6 +154,11 @@ async def _run_scenarios(env: Env, report: dict[str, Any], selected: frozenset[s
         say("pipeline: the service on SQLite")
         scenarios["pipeline"] = await guard(scenario_pipeline(env, "pipeline", "sqlite", profile_path=profile_path))
         say(scenario_line("pipeline", scenarios["pipeline"]))
+    if wanted("aggregates"):
+        say("aggregates: the service on SQLite, no rules (adapter, validation, PII guard, dedup, aggregates, state)")
+        scenarios["aggregates"] = await guard(
+            scenario_pipeline(env, "aggregates", "sqlite", overrides={"engine": {"rules": None}}))
+        say(scenario_line("aggregates", scenarios["aggregates"]))
     if wanted("pipeline_postgres"):
         problem = await postgres_problem(env.pg_dsn)
         if problem:

@@ -24,9 +24,10 @@ import pytest
 kafka = pytest.mark.kafka
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ("raw", "pipeline", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline")
+SCENARIOS = ("raw", "pipeline", "aggregates", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline")
 OVERALL = ("ratio_pipeline_to_raw", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "dedup_bytes_per_key")
-PIPELINES = ("pipeline", "pipeline_postgres", "rabbitmq_pipeline")
+PIPELINES = ("pipeline", "aggregates", "pipeline_postgres", "rabbitmq_pipeline")
+STAGES = ("adapt", "guard_dedup", "apply", "dead_letters", "write")
 
 
 def bench_command() -> list[str]:
@@ -99,13 +100,18 @@ def test_every_scenario_that_ran_handled_every_record(report: dict[str, Any]) ->
         assert kinds["duplicate"] > 0 and kinds["malformed"] > 0, name
         if name in PIPELINES:
             assert scenario["processed"] + scenario["deduplicated"] + scenario["dead_lettered"] == scenario["records"]
-            assert scenario["processed"] > 0 and scenario["actions"] > 0, name
+            # aggregates runs the same stream with no rules: state, but no actions
+            assert scenario["processed"] > 0 and (scenario["actions"] == 0) == (name == "aggregates"), name
+            # The checkpoint's observer timed every stage of every committed batch.
+            stages = scenario["stage_us_per_record"]
+            assert set(stages) == set(STAGES) and all(us >= 0 for us in stages.values()), name
+            assert stages["adapt"] > 0 and stages["write"] > 0, name
             # The relay delivered every action the rules emitted before the clock stopped.
             assert scenario["actions_delivered"] == scenario["actions"], name
             assert scenario["outbox_backlog_at_end"] == 0, name
     assert {"raw", "pipeline"} <= set(ran)
     # On Kafka the service's verdicts match the generator's ground truth record for record.
-    for name in ("pipeline", "pipeline_postgres"):
+    for name in ("pipeline", "aggregates", "pipeline_postgres"):
         if name in ran:
             assert report["scenarios"][name]["outcomes_match"] is True, name
 

@@ -1,5 +1,6 @@
-"""The service under test, in-process exactly as ``smartico-stream run`` builds it, with the probe
-that sees each batch and the instant its store transaction returned."""
+"""The service under test, in-process exactly as ``smartico-stream run`` builds it, with a probe among
+its batch observers that sees each batch, the instant it was committed and the checkpoint's stage
+times."""
 
 from __future__ import annotations
 
@@ -7,19 +8,22 @@ import asyncio
 import contextlib
 import importlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from smartico_stream.batch.observer import STAGES, BaseObserver, BatchReport
 from smartico_stream.bench.processes import DONE, FETCHED, PACE_START, PRODUCED, READY, STARTED_AT
 from smartico_stream.bench.profiles import LATENCY_SLICE_S
 from smartico_stream.bench.settings import applied_settings, service_settings
+from smartico_stream.events.raw import RawRecord
 
 
-class _Probe:
-    """Sees each batch the service fetches and the instant its store transaction returned, by
-    wrapping ``service.transport.poll`` and ``service.store.commit`` of one built service."""
+class _Probe(BaseObserver):
+    """Sees each batch the service fetches and the instant it was committed, as one of the
+    service's batch observers; sums the checkpoint's stage times (µs of CPU per record per stage)."""
 
-    def __init__(self, service: Any, shared: Any, latency: bool) -> None:
+    def __init__(self, shared: Any, latency: bool) -> None:
         self.shared = shared
         self.first_at = 0.0
         self.cpu_at_first = 0.0
@@ -27,41 +31,44 @@ class _Probe:
         self.last_commit_at = 0.0
         self.commits = 0
         self.latency = latency
+        self.committed_records = 0
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._pending: list[int] = []
         self._polled_at = 0.0
         # (record timestamp ms, ms to commit, ms of that before the service fetched it)
         self.samples: list[tuple[int, float, float]] = []
         self.batches: list[tuple[int, float]] = []  # (records, ms from fetch to commit), latency runs
         self.commit_times: list[tuple[float, int]] = []  # (commit returned, records fetched so far)
-        poll, commit = service.transport.poll, service.store.commit
 
-        async def probed_poll() -> Any:
-            records = await poll()
-            if records:
-                if not self.first_at:
-                    self.first_at, self.cpu_at_first = time.time(), time.process_time()
-                    shared[STARTED_AT] = self.first_at
-                self.fetched += len(records)
-                shared[FETCHED] = self.fetched
-                if latency:
-                    self._pending.extend(r.timestamp_ms for r in records)
-                    self._polled_at = time.time()
-            return records
+    def polled(self, records: Sequence[RawRecord]) -> None:
+        if not self.first_at:
+            self.first_at, self.cpu_at_first = time.time(), time.process_time()
+            self.shared[STARTED_AT] = self.first_at
+        self.fetched += len(records)
+        self.shared[FETCHED] = self.fetched
+        if self.latency:
+            self._pending.extend(r.timestamp_ms for r in records)
+            self._polled_at = time.time()
 
-        async def probed_commit(write: Any) -> None:
-            await commit(write)
-            now = time.time()
-            self.last_commit_at = now
-            self.commits += 1
-            self.commit_times.append((now, self.fetched))
-            if latency and self._pending:
-                now_ms, polled_ms = now * 1000.0, self._polled_at * 1000.0
-                self.samples.extend((ts, now_ms - ts, polled_ms - ts) for ts in self._pending if ts > 0)
-                self.batches.append((len(self._pending), (now - self._polled_at) * 1000.0))
-                self._pending.clear()
+    def committed(self, report: BatchReport) -> None:
+        if not report.records:
+            return
+        now = time.time()
+        self.last_commit_at = now
+        self.commits += 1
+        self.committed_records += len(report.records)
+        for stage, seconds in report.stage_seconds.items():
+            self.stage_seconds[stage] += seconds
+        self.commit_times.append((now, self.fetched))
+        if self.latency and self._pending:
+            now_ms, polled_ms = now * 1000.0, self._polled_at * 1000.0
+            self.samples.extend((ts, now_ms - ts, polled_ms - ts) for ts in self._pending if ts > 0)
+            self.batches.append((len(self._pending), (now - self._polled_at) * 1000.0))
+            self._pending.clear()
 
-        service.transport.poll = probed_poll
-        service.store.commit = probed_commit
+    def stage_us_per_record(self) -> dict[str, float]:
+        records = self.committed_records or 1
+        return {stage: round(seconds * 1e6 / records, 2) for stage, seconds in self.stage_seconds.items()}
 
 
 async def run_pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
@@ -76,8 +83,8 @@ async def run_pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
     configure_logging("ERROR", "console")
     settings = load_settings(environ={}, **service_settings(params))
     store = open_store_from_url(settings.store.url, settings.store.db_schema, settings.store.sqlite_synchronous)
-    service = Service(settings, store=store)
-    probe = _Probe(service, shared, params.get("latency", False))
+    probe = _Probe(shared, params.get("latency", False))
+    service = Service(settings, store=store, observers=[probe])
     profiler: Any = None
     if params.get("profile"):
         # An optional tool (``--profile`` only), not a dependency: imported by name, untyped.
@@ -150,6 +157,8 @@ async def run_pipeline(params: dict[str, Any], shared: Any) -> dict[str, Any]:
         "outbox_backlog_at_end": backlog,
         "batches": stats.batches,
         "store_commits": probe.commits,
+        # wall time of each checkpoint stage per committed record (the service runs on one core)
+        "stage_us_per_record": probe.stage_us_per_record(),
         "measured_s": round(measured, 3),
         "events_per_s": round(records / measured, 1) if measured > 0 else None,
         "events_per_s_to_last_commit": round(records / to_commit, 1) if to_commit > 0 else None,
