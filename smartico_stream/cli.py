@@ -325,7 +325,13 @@ def rules_fields(
 def simulate(
     rules: Annotated[Path, typer.Option(help="rule file or folder", exists=True)],
     events: Annotated[Path, typer.Option(help="JSONL of raw operator records", exists=True, dir_okay=False)],
-    adapter: Annotated[str, typer.Option(help="adapter mapping the records")] = "reference",
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c",
+        help="the service's config: its adapter, record limits (limits.*) and PII options apply, so the "
+        "actions are the live service's; without it unkeyed records are accepted (hand-written files)",
+    )] = None,
+    adapter: Annotated[str | None, typer.Option(
+        help="adapter mapping the records (default: the config's, else reference)")] = None,
     state: Annotated[Path | None, typer.Option(help="keep the SQLite store here for inspection")] = None,
     stream: Annotated[str | None, typer.Option(help="stream of bare (non-envelope) lines")] = None,
     pii_keys: Annotated[Path | None, typer.Option(help="PII key ring (JSON); without it PII is dropped")] = None,
@@ -338,11 +344,21 @@ def simulate(
     from smartico_stream.simulate import InputError, read_records
     from smartico_stream.simulate import simulate as run_simulation
 
+    from smartico_stream.pipeline.pipeline import PipelineLimits
+
     if state is not None and state.exists():
         _fail(f"--state {state} already exists; simulate starts from an empty store (remove it or choose another path)")
+    settings: Settings | None = None
+    if config is not None:
+        try:
+            settings = load_settings(config)
+        except ConfigError as exc:
+            _fail(str(exc))
+    limits = (PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key) if settings
+              else PipelineLimits(require_key=False))
     try:
         rule_set = load_rules(rules)
-        mapper = load_adapter(adapter)
+        mapper = load_adapter(adapter or (settings.adapter if settings else "reference"))
         default_stream = Stream(stream) if stream else None
     except (RuleLoadError, UnknownAdapter) as exc:
         _fail(str(exc))
@@ -366,10 +382,12 @@ def simulate(
     if pii_state is not None and ring is None:
         _fail("--pii-state needs --pii-keys (values are stored encrypted, never in plaintext)")
     vault = PiiVault(SqliteDatabase(pii_state), ring) if pii_state is not None and ring is not None else None
+    pii = settings.pii if settings else None
+    guard = PiiGuard(ring, pii.encrypt_names, pii.email_domain, pii.custom_fields) if pii else PiiGuard(ring)
     try:
         summary = asyncio.run(
-            run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state,
-                           guard=PiiGuard(ring), vault=vault)
+            run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state, limits=limits,
+                           guard=guard, vault=vault)
         )
     except InputError as exc:
         _fail(str(exc))

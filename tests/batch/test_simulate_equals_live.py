@@ -249,25 +249,22 @@ def test_simulate_gives_the_live_services_actions_byte_for_byte(
     )
     assert b"\n".join(again) == b"\n".join(offline)
 
-    # The CLI on the envelope file: byte-identical twice, and the same actions as the service. Left
-    # out: what a JSON line cannot carry (non-UTF-8 values) and what the CLI, which cannot be given
-    # the service's limits, would accept (unkeyed records; records between the service's 64 KiB
-    # and the CLI's 1 MB limit). All are dead letters live, so they give no actions there.
-    lines = [
-        line for record in records
-        if record.key is not None and len(record.value) <= MAX_MESSAGE_BYTES
-        and (line := envelope(record)) is not None
-    ]
+    # The CLI on the envelope file, given the service's config (its record limits): byte-identical
+    # twice, and the same actions as the service. Left out: what a JSON line cannot carry (non-UTF-8
+    # values), a dead letter live, so it gives no actions there.
+    lines = [line for record in records if (line := envelope(record)) is not None]
     left_out = len(records) - len(lines)
-    assert left_out == sum(r.defect in ("invalid_utf8", "null_key", "oversized") for r in records) > 0
+    assert left_out == sum(r.defect == "invalid_utf8" for r in records) > 0
     events = tmp_path / "envelopes.jsonl"
     events.write_bytes(b"".join(line + b"\n" for line in lines))
+    config = tmp_path / "service.yaml"
+    config.write_text(f"limits:\n  max_message_bytes: {MAX_MESSAGE_BYTES}\n")
     outputs = []
     # Two processes with different string hashing: no output may depend on set or dict order.
     environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("SMARTICO_STREAM_")}
     for run, hash_seed in (("first", "1"), ("second", "2")):
         done = subprocess.run(
-            [*CLI, "simulate", "--rules", str(rules_path), "--events", str(events),
+            [*CLI, "simulate", "--rules", str(rules_path), "--events", str(events), "--config", str(config),
              "--state", str(tmp_path / f"simulate-{run}.db")],
             capture_output=True, timeout=TIMEOUT_S, check=False, env={**environ, "PYTHONHASHSEED": hash_seed},
         )
