@@ -304,15 +304,17 @@ class Pipeline:
 # costs several microseconds per record), the bytes are mapped to a "shape" in one C pass: digits
 # and "." become "0", "e"/"E" become "e", "-"/"+" become "-", everything else a space. A double
 # holds every decimal of 15 digits, so only a run of 16 digits (with its point) or an exponent of
-# three digits below zero can lose anything. Strings can match too (a long digit string, say); that
-# costs only the slower path, which reads strings the same.
+# three digits below zero (after a mantissa digit) can lose anything. Strings can match too (a long
+# digit string, say); that costs only the slower path, which reads strings the same. The mantissa
+# digit matters: without it every id like "game-1010" matched, and half of a casino stream took the
+# slow path.
 _SHAPE = bytes(
     ord("0") if chr(byte) in "0123456789." else ord("e") if chr(byte) in "eE" else ord("-") if chr(byte) in "-+"
     else ord(" ")
     for byte in range(256)
 )
 _LONG_NUMBER = b"0" * 16
-_TINY_EXPONENT = b"e-000"
+_TINY_EXPONENT = b"0e-000"
 _NUL_ESCAPE = b"\\u0000"  # the only way a NUL can be in valid JSON text
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _NUL_REASON = "contains a NUL character (\\u0000), which stores refuse"
@@ -340,7 +342,7 @@ def decode_json(value: bytes) -> object:
 def _may_lose_numbers(value: bytes) -> bool:
     shape = value.translate(_SHAPE)
     # "e-" first: a search for a needle ending in "0" is slow in a shape full of zeros.
-    return _LONG_NUMBER in shape or (b"e-" in shape and _TINY_EXPONENT in shape)
+    return _LONG_NUMBER in shape or (b"0e-" in shape and _TINY_EXPONENT in shape)
 
 
 def load_json_keeping_literals(value: bytes) -> object:
