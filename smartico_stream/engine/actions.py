@@ -1,8 +1,18 @@
-"""Actions: what a rule execution asks the outside world to do.
+"""Actions: what a rule firing asks the outside world to do.
 
-Every action carries a deterministic id built from the source event, the rule, the execution index
-and the action's index within the rule, so a replay produces the same ids and any sink can
-deduplicate (delivery to sinks is at-least-once; the id makes it effectively once).
+A rule *fires* at most once per event; accumulation can make one firing stand for several
+*executions* ("1 point per 10 EUR" on a 190 EUR deposit is 19). Each of the rule's actions is
+emitted once per firing, carrying ``executions`` and parameters totalled over them (see
+:mod:`smartico_stream.engine.firing`).
+
+Every action carries a deterministic id built from the source event, the rule and the action's
+index within the rule, so a replay produces the same ids and any sink can deduplicate (delivery to
+sinks is at-least-once; the id makes it effectively once).
+
+Outbox rows written before one action per firing hold one action per *execution*: JSON with an
+``execution`` key (the 1-based index) instead of ``executions``, and an id with the execution in it
+(``brand/event/rule/execution/index``). They still decode (as ``executions=1``: each stands for one
+execution) and are delivered with their stored bytes unchanged.
 """
 
 from __future__ import annotations
@@ -31,18 +41,19 @@ class ActionKind(StrEnum):
     WEBHOOK = "webhook"
 
 
-def action_id(brand_id: str, event_id: str, rule_id: str, execution: int, action_index: int) -> str:
-    """Deterministic id: the same event, rule, execution and action always give the same id."""
-    return f"{brand_id}/{event_id}/{rule_id}/{execution}/{action_index}"
+def action_id(brand_id: str, event_id: str, rule_id: str, action_index: int) -> str:
+    """Deterministic id: the same event, rule and action index always give the same id. A rule fires
+    at most once per event, so no execution number is needed."""
+    return f"{brand_id}/{event_id}/{rule_id}/{action_index}"
 
 
 @dataclass(slots=True)
 class Action:
-    """One action emitted by one execution of one rule, as written to the outbox and to sinks.
+    """One action emitted by one firing of one rule, as written to the outbox and to sinks.
     Treat it as immutable.
 
-    A plain dataclass, not a pydantic model: the engine builds one per execution (up to 1000 per
-    event) from values it already validated, so validating them again would only cost time. Not
+    A plain dataclass, not a pydantic model: the engine builds one per action of every firing from
+    values it already validated, so validating them again would only cost time. Not
     ``frozen`` either: a frozen dataclass sets every field through ``object.__setattr__``, which
     makes building one three times slower on the hottest path of the engine and the relay."""
 
@@ -55,7 +66,7 @@ class Action:
     event_id: str
     event_type: str
     event_time: datetime
-    execution: int  # 1-based index of the execution within the triggering event
+    executions: int  # how many executions of the rule this firing stands for, >= 1
     # The canonical JSON this action was read from (outbox rows): sinks send these bytes as they are
     # instead of encoding the action again. Never part of equality or of the JSON itself.
     encoded: bytes | None = field(default=None, compare=False, repr=False)
@@ -92,7 +103,7 @@ class Action:
             "event_id": self.event_id,
             "event_type": self.event_type,
             "event_time": _time_text(self.event_time),
-            "execution": self.execution,
+            "executions": self.executions,
         }
 
     @classmethod
@@ -116,7 +127,10 @@ class Action:
         self.action_id, self.rule_id, self.action = data["action_id"], data["rule_id"], _KINDS[data["action"]]
         self.params, self.brand, self.user = data["params"], data["brand"], data["user"]
         self.event_id, self.event_type = data["event_id"], data["event_type"]
-        self.event_time, self.execution = datetime.fromisoformat(data["event_time"]), data["execution"]
+        self.event_time = datetime.fromisoformat(data["event_time"])
+        # A row from before one action per firing has "execution" (its index) instead: it stands
+        # for one execution.
+        self.executions = data.get("executions", 1)
         return getattr(self, name)
 
 
@@ -127,8 +141,8 @@ def _time_text(moment: datetime) -> str:
 
 @lru_cache(maxsize=1024)
 def _time_text_of(moment: datetime, _offset: object) -> str:
-    # Memoised: the executions of one event (up to 1000) share its time, and formatting it is
-    # the largest single cost of encoding an action.
+    # Memoised: the actions of one event (every rule it fires) share its time, and formatting it
+    # is the largest single cost of encoding an action.
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

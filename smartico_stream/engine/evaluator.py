@@ -14,6 +14,7 @@ from typing import Any
 
 from smartico_stream.engine.accumulation import accrue, step_for_currency
 from smartico_stream.engine.actions import Action, ActionKind, action_id
+from smartico_stream.engine.firing import params_for_executions, points_after
 from smartico_stream.engine.rules import Rule, RuleSet
 from smartico_stream.engine.state import ZERO, RuleProgress, UserState, apply_event
 from smartico_stream.events.models import CanonicalEvent
@@ -114,24 +115,24 @@ def _run_rule(rule: Rule, state: UserState, event: CanonicalEvent, out: Evaluati
         progress.iterations += executions
         if qualification.iterations is not None and progress.iterations >= qualification.iterations:
             _void_qualification(progress)  # used up: the user must qualify again
-    for execution in range(1, executions + 1):
-        for index, action_spec in enumerate(spec.actions):
-            params = action_spec.params
-            _apply_action_effect(state, action_spec.action, params)
-            out.actions.append(
-                Action(
-                    action_id=action_id(state.brand, event.event_id, rule.id, execution, index),
-                    rule_id=rule.id,
-                    action=action_spec.action,
-                    params=params,
-                    brand=state.brand,
-                    user=state.user,
-                    event_id=event.event_id,
-                    event_type=event.type,
-                    event_time=at,
-                    execution=execution,
-                )
+    # One firing: each action once, standing for all the executions (amounts totalled over them).
+    specs = [(action_spec.action, action_spec.params) for action_spec in spec.actions]
+    for index, (kind, params) in enumerate(specs):
+        out.actions.append(
+            Action(
+                action_id=action_id(state.brand, event.event_id, rule.id, index),
+                rule_id=rule.id,
+                action=kind,
+                params=params_for_executions(kind, params, executions),
+                brand=state.brand,
+                user=state.user,
+                event_id=event.event_id,
+                event_type=event.type,
+                event_time=at,
+                executions=executions,
             )
+        )
+    _apply_effects(state, specs, executions)
     out.history.append(entry)
 
 
@@ -174,20 +175,28 @@ def _void_qualification(progress: RuleProgress) -> None:
     progress.remainder = ZERO
 
 
-def _apply_action_effect(state: UserState, kind: ActionKind, params: dict[str, Any]) -> None:
+def _apply_effects(state: UserState, specs: list[tuple[ActionKind, dict[str, Any]]], executions: int) -> None:
+    """The state after ``executions`` executions, each running ``specs`` in order: the same as
+    running them one execution after the other, as the engine did before one action per firing."""
     # ActionSpec validated the params per kind: "amount" is a positive Decimal, "level" an int.
-    if kind == ActionKind.GIVE_POINTS:
-        state.points += params["amount"]
-    elif kind == ActionKind.DEDUCT_POINTS:
-        state.points = max(ZERO, state.points - params["amount"])
-    elif kind == ActionKind.RESET_POINTS:
-        state.points = ZERO
-    elif kind == ActionKind.MARK_USER:
-        state.tags.add(str(params["tag"]))
-    elif kind == ActionKind.UNMARK_USER:
-        state.tags.discard(str(params["tag"]))
-    elif kind == ActionKind.CHANGE_LEVEL:
-        state.level = int(params["level"])
+    moves_points = False
+    for kind, params in specs:
+        if kind in _POINTS_KINDS:
+            moves_points = True
+        elif kind == ActionKind.MARK_USER:
+            state.tags.add(str(params["tag"]))
+        elif kind == ActionKind.UNMARK_USER:
+            state.tags.discard(str(params["tag"]))
+        elif kind == ActionKind.CHANGE_LEVEL:
+            state.level = int(params["level"])
+    # Tags and level end as the last action touching them left them, however often the executions
+    # repeat: one pass is enough. Points add up, and a deduction floors at 0 in each execution, so
+    # their N-fold effect is composed exactly (firing.points_after), not taken from the totals.
+    if moves_points:
+        state.points = points_after(state.points, specs, executions)
+
+
+_POINTS_KINDS = frozenset({ActionKind.GIVE_POINTS, ActionKind.DEDUCT_POINTS, ActionKind.RESET_POINTS})
 
 
 def _entry(state: UserState, event: CanonicalEvent, rule: Rule, outcome: str, *, progress: RuleProgress | None,

@@ -4,7 +4,7 @@ of the sinks' settings models.
 Delivery is at-least-once. The relay calls ``deliver`` with a batch read from the outbox and deletes
 (marks) the rows only after ``deliver`` returned; a crash, a timeout or an error between "the
 destination has it" and "the outbox row is gone" sends the same actions again. Every action carries
-a deterministic ``action_id`` (same event + rule + execution + index -> same id), and every sink puts
+a deterministic ``action_id`` (same event + rule + action index -> same id), and every sink puts
 that id where the receiver sees it, so receivers deduplicate and the effect is once:
 
 ==============  ===========================================================================

@@ -172,7 +172,7 @@ class WebhookSinkSettings(SinkSettingsBase):
 
 def idempotency_key(actions: Sequence[Action]) -> str:
     """The ``Idempotency-Key`` of a request: the action_id for one action; for a batch the first
-    action's id, ``+`` and the number of actions (``brand/event/rule/1/0+25``). Characters that
+    action's id, ``+`` and the number of actions (``brand/event/rule/0+25``). Characters that
     cannot travel in a header (non-ASCII, spaces, control characters, ``%``) are percent-encoded."""
     key = actions[0].action_id if len(actions) == 1 else f"{actions[0].action_id}+{len(actions)}"
     return urllib.parse.quote(key, safe=_HEADER_SAFE)

@@ -3,7 +3,9 @@
 Every ```yaml block must be a complete rule list that ``load_rules`` accepts. A ```yaml block followed
 by a ```jsonl block (reference-format input records) and a ```text block starting with
 ``expected actions:`` is run through ``smartico-stream simulate``; the expectation is either a count
-(``expected actions: 11``) or the exact list of action ids, one per line, in output order.
+(``expected actions: 11``) or the exact list of action ids, one per line, in output order. An id
+may be followed by ``xN``: the action then stands for N executions (its ``executions``), and
+without it for one.
 """
 
 from __future__ import annotations
@@ -84,13 +86,18 @@ def test_every_yaml_example_loads(tmp_path: Path, block: Block) -> None:
     assert rules.rules or rules.disabled, "an example should define at least one rule"
 
 
-def _expectation(block: Block) -> int | list[str]:
+def _expectation(block: Block) -> int | list[tuple[str, int]]:
+    """A count, or (action id, executions) per listed action."""
     first, *rest = block.text.strip().splitlines()
     count = first.removeprefix(EXPECTED).strip()
     if count:
         assert not rest, f"line {block.line}: give a count or a listing of action ids, not both"
         return int(count)
-    return [line.strip() for line in rest if line.strip()]
+    listed = []
+    for line in filter(None, (line.strip() for line in rest)):
+        action_id, _, times = line.partition(" x")
+        listed.append((action_id, int(times) if times else 1))
+    return listed
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
@@ -108,12 +115,12 @@ def test_every_runnable_example_gives_the_documented_actions(tmp_path: Path, exa
     )
     assert result.returncode == 0, result.stderr
     assert "dead-lettered 0" in result.stderr, f"an input record of the example was rejected: {result.stderr}"
-    actions = [json.loads(line)["action_id"] for line in result.stdout.splitlines()]
+    actions = [json.loads(line) for line in result.stdout.splitlines()]
     expected = _expectation(example.expected)
     if isinstance(expected, int):
         assert len(actions) == expected
     else:
-        assert actions == expected
+        assert [(a["action_id"], a["executions"]) for a in actions] == expected
 
 
 # -- the page documents every option ------------------------------------------------------------------
@@ -157,7 +164,7 @@ def test_the_page_links_its_companions_and_the_tools() -> None:
     assert "](conditions.md)" in doc
     assert "](rule-timing.md)" in doc
     for text in ("smartico-stream rules fields", "smartico-stream simulate", "smartico-stream history",
-                 "smartico-stream rules check", "brand/event_id/rule_id/execution/action_index", "1000"):
+                 "smartico-stream rules check", "brand/event_id/rule_id/action_index", "1000"):
         assert text in doc, text
 
 

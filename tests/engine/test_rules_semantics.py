@@ -133,6 +133,11 @@ class Harness:
         return [h.outcome for h in self.history if h.rule_id == rule_id]
 
 
+def points(actions: Iterable[Action]) -> list[tuple[int, Decimal]]:
+    """(executions, amount) of each give_points action: one per firing, the amount its total."""
+    return [(a.executions, a.params["amount"]) for a in actions if a.action == ActionKind.GIVE_POINTS]
+
+
 def bets(count: int, user: str = "u1", start: datetime = T0,
          every: timedelta = timedelta(seconds=1)) -> list[CasinoBet]:
     return [bet(user, start + i * every) for i in range(count)]
@@ -152,12 +157,13 @@ DEPOSIT_POINTS = """
 def test_10_5_eur_deposit_with_1_eur_step_gives_10_executions_and_remembers_0_5(tmp_path: Path) -> None:
     h = Harness(load(tmp_path, DEPOSIT_POINTS))
     first = h.send(deposit("10.5"))
-    assert len(first) == 10
-    assert [a.execution for a in first] == list(range(1, 11))
+    # one action for the firing, standing for its 10 executions, with their 10 points
+    assert [(a.action_id, a.executions, a.params) for a in first] == [
+        ("b1/" + first[0].event_id + "/deposit-points/0", 10, {"amount": D(10)})]
     assert h.state().rules["deposit-points"].remainder == D("0.5")
     assert h.state().points == D(10)
     # the remembered 0.5 EUR plus the next 0.5 EUR make one more step
-    assert len(h.send(deposit("0.5"))) == 1
+    assert points(h.send(deposit("0.5"))) == [(1, D(1))]
     assert h.state().rules["deposit-points"].remainder == 0
     assert h.state().points == D(11)
 
@@ -177,25 +183,25 @@ def test_per_currency_steps_follow_the_wallet_currency_of_the_profile(tmp_path: 
     h = Harness(load(tmp_path, WAGER_POINTS))
     h.send(profile("eur", currency="EUR"), profile("gbp", currency="GBP"), profile("usd", currency="USD"))
     # 24 of each wallet currency: 2 steps of 10 EUR, 3 of 8 GBP, 2 of 12 USD
-    assert len(h.send(bet("eur", amount="24"))) == 2
-    assert len(h.send(bet("gbp", amount="24", currency="GBP"))) == 3
-    assert len(h.send(bet("usd", amount="24", currency="USD"))) == 2
+    assert points(h.send(bet("eur", amount="24"))) == [(2, D(2))]
+    assert points(h.send(bet("gbp", amount="24", currency="GBP"))) == [(3, D(3))]
+    assert points(h.send(bet("usd", amount="24", currency="USD"))) == [(2, D(2))]
     assert h.state("eur").rules["wager-points"].remainder == D(4)
     assert h.state("gbp").rules["wager-points"].remainder == D(0)
     # the profile's wallet currency comes first: a GBP user's bet labelled EUR still steps by 8
-    assert len(h.send(bet("gbp", amount="8", currency="EUR"))) == 1
+    assert points(h.send(bet("gbp", amount="8", currency="EUR"))) == [(1, D(1))]
 
 
 def test_the_wallet_currency_is_fixed_once_set(tmp_path: Path) -> None:
     h = Harness(load(tmp_path, WAGER_POINTS))
     h.send(profile(currency="GBP"), profile(currency="USD", at=T0 + timedelta(minutes=1)))
     assert h.state().wallet_currency == "GBP"
-    assert len(h.send(bet(amount="16", currency="USD", at=T0 + timedelta(minutes=2)))) == 2
+    assert points(h.send(bet(amount="16", currency="USD", at=T0 + timedelta(minutes=2)))) == [(2, D(2))]
 
 
 def test_per_currency_steps_use_the_event_currency_when_there_is_no_profile(tmp_path: Path) -> None:
     h = Harness(load(tmp_path, WAGER_POINTS))
-    assert len(h.send(bet("anon", amount="24", currency="USD"))) == 2
+    assert points(h.send(bet("anon", amount="24", currency="USD"))) == [(2, D(2))]
     assert h.state("anon").rules["wager-points"].remainder == 0
 
 
@@ -210,13 +216,64 @@ def test_a_currency_without_a_step_is_skipped_with_a_reason(tmp_path: Path) -> N
 def test_2000_eur_deposit_with_1_eur_step_gives_exactly_1000_executions_and_discards_the_rest(tmp_path: Path) -> None:
     h = Harness(load(tmp_path, DEPOSIT_POINTS))
     actions = h.send(deposit("2000"))
-    assert len(actions) == 1000
+    assert points(actions) == [(1000, D(1000))]  # one action of 1000 points, not 1000 actions
     assert h.state().points == D(1000)
     (entry,) = h.history
     assert (entry.outcome, entry.executions) == (EXECUTED, 1000)
     # the 1000 executions over the cap are discarded, not carried to the next deposit
     assert h.state().rules["deposit-points"].remainder == 0
     assert h.send(deposit("0.5")) == []
+
+
+def test_the_seed_2000_eur_deposit_is_one_action_of_1000_points(tmp_path: Path) -> None:
+    # The specification's example: 1 point per 1 EUR, a 2000 EUR deposit, the 1000 cap.
+    h = Harness(load(tmp_path, DEPOSIT_POINTS))
+    (action,) = h.send(deposit("2000", event_id="big"))
+    assert json.loads(action.to_json()) == {
+        "action": "give_points", "action_id": "b1/big/deposit-points/0", "brand": "b1", "user": "u1",
+        "event_id": "big", "event_type": "deposit", "event_time": "2025-03-03T12:00:00.000Z",
+        "executions": 1000, "params": {"amount": "1000"}, "rule_id": "deposit-points",
+    }
+
+
+def test_190_eur_on_1_point_per_10_eur_is_one_give_points_of_19(tmp_path: Path) -> None:
+    h = Harness(load(tmp_path, """
+        - id: ten-eur-points
+          name: 1 point per 10 EUR deposited, and a bonus per step
+          trigger: {event: deposit}
+          accumulation: {field: event.amount, step: 10}
+          actions:
+            - {action: give_points, amount: 1}
+            - {action: give_bonus, template_id: per-ten, amount: 2}
+            - {action: mark_user, tag: depositor}
+    """))
+    actions = h.send(deposit("190", event_id="d190"))
+    assert [(a.action_id, a.action, a.executions, a.params) for a in actions] == [
+        ("b1/d190/ten-eur-points/0", ActionKind.GIVE_POINTS, 19, {"amount": D(19)}),
+        # a bonus's amount is per bonus: sent once, the receiver reads executions
+        ("b1/d190/ten-eur-points/1", ActionKind.GIVE_BONUS, 19, {"template_id": "per-ten", "amount": D(2)}),
+        ("b1/d190/ten-eur-points/2", ActionKind.MARK_USER, 19, {"tag": "depositor"}),
+    ]
+    assert (h.state().points, h.state().tags) == (D(19), {"depositor"})
+    (entry,) = h.history
+    assert (entry.outcome, entry.executions) == (EXECUTED, 19)
+
+
+def test_a_firing_changes_points_as_its_executions_one_after_the_other_would(tmp_path: Path) -> None:
+    # Deducting before giving, N times: each execution floors at 0 on its own. From 0 points, three
+    # executions of "deduct 10, give 4" leave 4 (0 -> 4 -> 0 -> 4), not max(0, 0 - 30) + 12 = 12,
+    # although the actions carry the totals 30 and 12.
+    h = Harness(load(tmp_path, """
+        - id: churn
+          name: per 10 EUR deposited, take 10 points and give 4 back
+          trigger: {event: deposit}
+          accumulation: {field: event.amount, step: 10}
+          actions: [{action: deduct_points, amount: 10}, {action: give_points, amount: 4}]
+    """))
+    actions = h.send(deposit("30"))
+    assert [(a.action, a.executions, a.params["amount"]) for a in actions] == [
+        (ActionKind.DEDUCT_POINTS, 3, D(30)), (ActionKind.GIVE_POINTS, 3, D(12))]
+    assert h.state().points == D(4)
 
 
 def test_accumulation_on_a_field_that_can_be_negative_never_fails_an_event(tmp_path: Path) -> None:
@@ -257,7 +314,7 @@ def test_max_executions_per_event_lowers_the_cap(tmp_path: Path) -> None:
           accumulation: {field: event.amount, step: 1, max_executions_per_event: 3}
           actions: [{action: give_points, amount: 1}]
     """))
-    assert len(h.send(deposit("10.25"))) == 3
+    assert points(h.send(deposit("10.25"))) == [(3, D(3))]
     assert h.state().rules["capped"].remainder == D("0.25")
 
 
@@ -306,7 +363,7 @@ def test_once_in_lifetime_with_accumulation_executes_exactly_once(tmp_path: Path
     """))
     assert h.send(deposit("0.5")) == []  # below one step: nothing executed yet
     actions = h.send(deposit("25"))
-    assert len(actions) == 1 and actions[0].execution == 1
+    assert points(actions) == [(1, D(5))]
     assert h.send(deposit("25")) == []
     assert h.state().points == D(5)
     assert [(e.outcome, e.executions) for e in h.history] == [(EXECUTED, 1)]
@@ -608,7 +665,7 @@ def test_remaining_iterations_cap_the_executions_of_one_event(tmp_path: Path) ->
           actions: [{action: give_points, amount: 1}]
     """))
     h.send(deposit("10"))
-    assert len(h.send(bet(amount="55"))) == 2  # 5 steps, 2 iterations: the rest is discarded
+    assert points(h.send(bet(amount="55"))) == [(2, D(2))]  # 5 steps, 2 iterations: the rest is discarded
     progress = h.state().rules["wager-after-deposit"]
     assert (progress.qualified_at, progress.remainder) == (None, 0)  # used up: must qualify again
     assert h.send(bet(amount="100")) == []
@@ -802,8 +859,9 @@ def test_every_action_kind_with_its_params_and_state_effects(tmp_path: Path) -> 
         ("everything", ActionKind.CHANGE_LEVEL, {"level": 3}),
         ("everything", ActionKind.WEBHOOK, {"url": "https://example.com/hook", "payload": {"kind": "deposit", "n": 1}}),
     ]
-    assert [a.action_id for a in actions[:3]] == ["b1/dep-1/setup/1/0", "b1/dep-1/setup/1/1", "b1/dep-1/everything/1/0"]
-    assert actions[-1].action_id == "b1/dep-1/everything/1/9"
+    assert [a.action_id for a in actions[:3]] == ["b1/dep-1/setup/0", "b1/dep-1/setup/1", "b1/dep-1/everything/0"]
+    assert actions[-1].action_id == "b1/dep-1/everything/9"
+    assert {a.executions for a in actions} == {1}
     state = h.state()
     assert (state.points, state.tags, state.level) == (D(9), {"vip"}, 3)
     (reset,) = h.send(bet())
@@ -873,15 +931,14 @@ def test_action_ids_are_deterministic_across_runs(tmp_path: Path) -> None:
     first.send(*events)
     second.send(*events)
     assert [a.to_json() for a in first.actions] == [a.to_json() for a in second.actions]
-    assert [a.action_id for a in first.actions if a.rule_id == "deposit-points"] == [
-        "b1/dep-1/deposit-points/1/0", "b1/dep-1/deposit-points/2/0", "b1/dep-1/deposit-points/3/0",
-        "b1/dep-2/deposit-points/1/0", "b1/dep-2/deposit-points/2/0",
+    assert [(a.action_id, a.executions) for a in first.actions if a.rule_id == "deposit-points"] == [
+        ("b1/dep-1/deposit-points/0", 3), ("b1/dep-2/deposit-points/0", 2),
     ]
-    groups: dict[tuple[str, str, int], list[Action]] = {}
+    groups: dict[tuple[str, str], list[Action]] = {}
     for action in first.actions:
-        groups.setdefault((action.event_id, action.rule_id, action.execution), []).append(action)
-    for (event_id, rule_id, execution), group in groups.items():
-        assert [a.action_id for a in group] == [f"b1/{event_id}/{rule_id}/{execution}/{i}" for i in range(len(group))]
+        groups.setdefault((action.event_id, action.rule_id), []).append(action)
+    for (event_id, rule_id), group in groups.items():  # one firing per event and rule
+        assert [a.action_id for a in group] == [f"b1/{event_id}/{rule_id}/{i}" for i in range(len(group))]
 
 
 # -- priority and indexing ------------------------------------------------------------------------
@@ -1050,17 +1107,16 @@ def test_simulate_is_deterministic_and_applies_the_rules(tmp_path: Path) -> None
     assert first.returncode == 0, first.stderr.decode()
     assert first.stdout == second.stdout
     actions = [json.loads(line) for line in first.stdout.splitlines()]
-    assert [a["action_id"] for a in actions] == [
-        "b1/d1/deposit-points/1/0",  # 17.50 with the GBP step (profile currency): 2 points
-        "b1/d1/deposit-points/2/0",
-        "b1/d1/every-deposit/1/0",
-        "b1/d1/platform-vip/1/0",  # platform aggregate from the record
-        "b1/c3/deposit-then-3-bets/1/0",
-        "b1/d2/deposit-points/1/0",  # a never-seen user, EUR from the event
-        "b1/d2/deposit-points/2/0",
-        "b1/d2/every-deposit/1/0",
+    assert [(a["action_id"], a["executions"], a["params"]) for a in actions] == [
+        # 17.50 with the GBP step (profile currency): 2 executions, one action of 2 points
+        ("b1/d1/deposit-points/0", 2, {"amount": "2"}),
+        ("b1/d1/every-deposit/0", 1, {"template_id": "dep"}),
+        ("b1/d1/platform-vip/0", 1, {"tag": "vip"}),  # platform aggregate from the record
+        ("b1/c3/deposit-then-3-bets/0", 1, {"template_id": "three-bets", "amount": "5"}),
+        ("b1/d2/deposit-points/0", 2, {"amount": "2"}),  # a never-seen user, EUR from the event
+        ("b1/d2/every-deposit/0", 1, {"template_id": "dep"}),
     ]
-    assert b"deduplicated 1" in first.stderr and b"actions 8" in first.stderr
+    assert b"deduplicated 1" in first.stderr and b"actions 6" in first.stderr
 
 
 def test_simulate_state_is_readable_by_history_per_user_and_per_rule(tmp_path: Path) -> None:
@@ -1143,7 +1199,11 @@ def test_property_accumulation_conserves_every_amount(tmp_path: Path, amounts: l
     remainder = h.state().rules["acc"].remainder if "acc" in h.state().rules else D(0)
     assert 0 <= remainder < step
     # no event can reach the cap here: (step + 400) / 0.5 < 1000
-    assert len(h.actions) * step + remainder == sum(amounts)
+    executions = sum(a.executions for a in h.actions)
+    assert executions * step + remainder == sum(amounts)
+    # one action per firing, its amount the total of its executions
+    assert len(h.actions) == len({a.event_id for a in h.actions})
+    assert sum(a.params["amount"] for a in h.actions) == executions == h.state().points
 
 
 _event_kinds = st.sampled_from(["deposit", "bet", "profile", "withdrawal"])

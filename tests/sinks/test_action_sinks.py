@@ -59,7 +59,7 @@ def make_action(
 ) -> Action:
     event_id = f"ev-{n}"
     return Action(
-        action_id=action_id(brand, event_id, "rule-7", 1, 0),
+        action_id=action_id(brand, event_id, "rule-7", 0),
         rule_id="rule-7",
         action=kind,
         params={"points": Decimal("12.50"), "n": n} if params is None else params,
@@ -68,7 +68,7 @@ def make_action(
         event_id=event_id,
         event_type="deposit",
         event_time=EVENT_TIME,
-        execution=1,
+        executions=1,
     )
 
 

@@ -74,9 +74,9 @@ class FlakySink:
 
 def action(n: int, partition: tuple[str, int]) -> Action:
     return Action(
-        action_id=f"b1/ev-{n}/r1/1/0", rule_id="r1", action=ActionKind.GIVE_POINTS, params={"amount": Decimal(1)},
+        action_id=f"b1/ev-{n}/r1/0", rule_id="r1", action=ActionKind.GIVE_POINTS, params={"amount": Decimal(1)},
         brand="b1", user=f"u{partition[1]}", event_id=f"ev-{n}", event_type="deposit",
-        event_time="2024-03-01T12:00:00Z", execution=1,
+        event_time="2024-03-01T12:00:00Z", executions=1,
     )
 
 
@@ -257,6 +257,47 @@ def test_the_relay_prunes_what_every_sink_delivered_once_it_is_older_than_the_re
             await asyncio.wait_for(task, 10)
         assert await store.all_actions() == []
         assert fast.ids() == slow.ids() and len(set(slow.ids())) == 12
+        await store.close()
+
+    asyncio.run(scenario())
+
+
+# Two outbox rows as the version before one action per firing wrote them: executions 1 and 2 of one
+# firing, with "execution" and the execution index in the id.
+PRE_UPGRADE_ROWS = [
+    b'{"action":"give_points","action_id":"b1/old-1/r1/%d/0","brand":"b1","event_id":"old-1",'
+    b'"event_time":"2024-03-01T12:00:00.000Z","event_type":"deposit","execution":%d,"params":{"amount":"1"},'
+    b'"rule_id":"r1","user":"u0"}' % (n, n)
+    for n in (1, 2)
+]
+
+
+def test_rows_written_before_one_action_per_firing_are_delivered_unchanged_after_the_upgrade(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store, epochs = await _owned_store(tmp_path)
+        # The store writes an action's stored bytes as they are: these rows hold the old documents.
+        await store.commit(BatchWrite(epochs=epochs, actions=[
+            QueuedAction(P0, Action.from_json(row)) for row in PRE_UPGRADE_ROWS]))
+        await _commit_actions(store, epochs, range(3, 5))  # rows of this version after them
+        path = tmp_path / "out" / "actions.jsonl"
+        jsonl, double = JsonlSink(path, name="jsonl"), FlakySink("double")
+        relay = OutboxRelay(store, [jsonl, double], lambda: dict(epochs), Metrics(), poll_interval_s=0.02)
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        try:
+            await until(lambda: len(double.received) == 4, "every row to be delivered")
+            await until(lambda: path.exists() and path.read_bytes().count(b"\n") == 4, "the JSONL file")
+        finally:
+            stop.set()
+            relay.wake()
+            await asyncio.wait_for(task, 10)
+        lines = path.read_bytes().splitlines()
+        assert lines[:2] == PRE_UPGRADE_ROWS  # byte for byte: one action per execution, as written
+        assert [orjson.loads(line)["executions"] for line in lines[2:]] == [1, 1]
+        old = [a for a in double.received if a.event_id == "old-1"]
+        assert [(a.action_id, a.executions, a.params) for a in old] == [
+            ("b1/old-1/r1/1/0", 1, {"amount": "1"}), ("b1/old-1/r1/2/0", 1, {"amount": "1"})]
+        await jsonl.close()
         await store.close()
 
     asyncio.run(scenario())

@@ -110,7 +110,7 @@ async def pg() -> AsyncIterator[Backend]:
 
 def action(n: int, user: str = "u1", rule: str = "r1", brand: str = "b1") -> Action:
     return Action(
-        action_id=f"{brand}/ev-{n}/{rule}/1/0",
+        action_id=f"{brand}/ev-{n}/{rule}/0",
         rule_id=rule,
         action=ActionKind.GIVE_POINTS,
         params={"amount": Decimal("1.5")},
@@ -119,7 +119,7 @@ def action(n: int, user: str = "u1", rule: str = "r1", brand: str = "b1") -> Act
         event_id=f"ev-{n}",
         event_type="deposit",
         event_time=T0 + timedelta(seconds=n),
-        execution=1,
+        executions=1,
     )
 
 
