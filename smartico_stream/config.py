@@ -362,6 +362,14 @@ class PiiSettings(_Section):
     dead_letters: Literal["encrypt", "redact"] = Field(
         default="encrypt", description="protect dead-letter payloads: encrypt with the key ring, or drop them"
     )
+    unchanged_memory_users: int = Field(
+        default=50_000, ge=0,
+        description="users whose stored email, phone and names the guard remembers, so an update repeating them "
+        "is not normalised, encrypted or written again (0: protect every value every time; docs/pii.md)",
+    )
+    phone_cache_size: int = Field(
+        default=10_000, ge=1, description="phone normalisations kept, by (number as received, country)"
+    )
 
 
 class LoggingSettings(_Section):

@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import re
 
-from smartico_stream.pii.normalise import NormalisedPhone, is_plausible_email, normalise_email, normalise_phone
+from smartico_stream.pii.normalise import (
+    NormalisedPhone,
+    PhoneNormalise,
+    is_plausible_email,
+    normalise_email,
+    normalise_phone,
+)
 
 __all__ = ["looks_like_email", "looks_like_phone", "lookup_form", "lookup_value", "recognise"]
 
@@ -47,10 +53,13 @@ def looks_like_email(text: str) -> bool:
     return len(tld) >= 2 and not tld.isdigit() and all(ch.isalnum() or ch == "-" for ch in tld)
 
 
-def looks_like_phone(text: str, region: str | None) -> NormalisedPhone | None:
+def looks_like_phone(
+    text: str, region: str | None, normalise: PhoneNormalise = normalise_phone
+) -> NormalisedPhone | None:
     """The normalised number when ``text`` is a valid phone number: international (``+CC`` or
     ``00CC``) in any case, national only with the user's ``region`` and written with separators.
-    ``None`` for everything else, fast for most values."""
+    ``None`` for everything else, fast for most values. ``normalise`` is :func:`normalise_phone`
+    or a cache of it (:class:`~.normalise.PhoneNormaliser`)."""
     # Cheapest tests first: this runs on every string of every custom field.
     if not _PHONE_SHAPE.fullmatch(text):
         return None
@@ -61,29 +70,29 @@ def looks_like_phone(text: str, region: str | None) -> NormalisedPhone | None:
         return None  # a national number cannot be read without the user's country
     if not _MIN_DIGITS <= sum(map(stripped.count, _DIGITS)) <= _MAX_DIGITS or _NOT_A_PHONE.fullmatch(stripped):
         return None
-    phone = normalise_phone(stripped, region)
+    phone = normalise(stripped, region)
     return phone if phone.valid and phone.e164 is not None else None
 
 
-def recognise(text: str, region: str | None) -> tuple[str, bool] | None:
+def recognise(text: str, region: str | None, normalise: PhoneNormalise = normalise_phone) -> tuple[str, bool] | None:
     """(normalised value, valid) when ``text`` looks like an email (lower-cased) or a phone (E.164),
     else ``None``: what the guard asks of every string in a custom field."""
     if "@" in text:
         return (normalise_email(text) or "", True) if looks_like_email(text) else None
     if not _PHONE_SHAPE.fullmatch(text):
         return None  # the common case, before any call
-    phone = looks_like_phone(text, region)
+    phone = looks_like_phone(text, region, normalise)
     return (phone.e164 or "", True) if phone is not None else None
 
 
-def lookup_form(text: str, region: str | None) -> str:
+def lookup_form(text: str, region: str | None, normalise: PhoneNormalise = normalise_phone) -> str:
     """The form of a custom field's value its lookup hash is computed over (what ``pii find``
     computes from what an operator types): an email lower-cased, a phone in E.164 when it parses,
     else the trimmed text."""
     value = text.strip()
     if "@" in value:
         return value.lower()
-    phone = normalise_phone(value, region)
+    phone = normalise(value, region)
     return phone.e164 or value
 
 

@@ -6,17 +6,23 @@ and ``07700 900123`` produce the same lookup hash.
 
 These functions run on every profile event from every operator, so bad input yields a
 "not valid" result instead of an exception: one operator's garbage field must not stop a stream.
+
+:class:`PhoneNormaliser` is :func:`normalise_phone` behind a bounded LRU keyed by ``(raw, country)``:
+parsing with ``phonenumbers`` costs tens of microseconds, a hit about one (docs/performance.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import phonenumbers
+from cachetools import LRUCache
 from phonenumbers import CountryCodeSource, NumberParseException, PhoneNumber, PhoneNumberFormat, ValidationResult
 
 __all__ = [
     "NormalisedPhone",
+    "PhoneNormaliser",
     "email_domain",
     "is_plausible_email",
     "normalise_email",
@@ -116,6 +122,47 @@ def normalise_phone(raw: object, country: str | None) -> NormalisedPhone:
         # phonenumbers documents NumberParseException only; anything else from it on odd
         # input is still garbage for us, not a reason to stop the stream.
         return garbage
+
+
+# What the guard and the custom-field detector call to normalise a phone: normalise_phone or a cache of it.
+PhoneNormalise = Callable[[object, str | None], NormalisedPhone]
+
+DEFAULT_PHONE_CACHE_SIZE = 10_000
+
+
+class PhoneNormaliser:
+    """:func:`normalise_phone` with its results kept in a bounded LRU keyed by ``(raw, country)``.
+
+    The same number comes back with every profile update of a user, and custom fields repeat theirs on
+    every event. The result depends only on the two arguments (phonenumbers' metadata is fixed for the
+    process), so a cached result is the one a fresh parse would give. Only strings are cached; each
+    entry costs a few hundred bytes, so the default bound keeps it to a few megabytes. The cache lives
+    in one guard (no module-level state) and is never written anywhere: it holds numbers in plaintext,
+    as the process does while it handles them anyway.
+    """
+
+    __slots__ = ("_cache", "hits", "misses")
+
+    def __init__(self, maxsize: int = DEFAULT_PHONE_CACHE_SIZE) -> None:
+        self._cache: LRUCache[tuple[str, str | None], NormalisedPhone] = LRUCache(maxsize=max(maxsize, 1))
+        self.hits = 0
+        self.misses = 0
+
+    def __call__(self, raw: object, country: str | None) -> NormalisedPhone:
+        """What ``normalise_phone(raw, country)`` returns."""
+        if not isinstance(raw, str) or not (country is None or isinstance(country, str)):
+            return normalise_phone(raw, country)
+        key = (raw, country)
+        found = self._cache.get(key)
+        if found is None:
+            self.misses += 1
+            found = self._cache[key] = normalise_phone(raw, country)
+        else:
+            self.hits += 1
+        return found
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 def _region_of(number: PhoneNumber, default: str | None) -> str | None:

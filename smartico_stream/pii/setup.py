@@ -47,5 +47,6 @@ def pii_components(settings: PiiSettings, environ: Mapping[str, str] | None = No
         ring,
     ) if ring else None
     protect = encrypting(ring) if ring is not None and settings.dead_letters == "encrypt" else redacting
-    guard = PiiGuard(ring, settings.encrypt_names, settings.email_domain, settings.custom_fields)
+    guard = PiiGuard(ring, settings.encrypt_names, settings.email_domain, settings.custom_fields,
+                     memory_size=settings.unchanged_memory_users, phone_cache_size=settings.phone_cache_size)
     return PiiComponents(ring, guard, vault, protect)

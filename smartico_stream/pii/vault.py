@@ -1,10 +1,15 @@
 """The isolated PII store: encrypted values, their lookup hashes, and an audit trail of every
 decryption. It lives behind its own connection setting (a separate SQLite file or PostgreSQL
-DSN/schema) and never shares tables with the marketing state."""
+DSN/schema) and never shares tables with the marketing state.
+
+A record may carry an ``on_stored`` callback, which :meth:`PiiVault.write` calls once the transaction
+holding the record has committed (never for a dry run or a failed write): that is how the guard learns
+which values the vault holds, so it can skip an unchanged repeat (:mod:`.guard`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -60,6 +65,8 @@ class PiiRecord:
     token: bytes
     lookup_hash: str
     valid: bool
+    # Called after the vault committed this record (PiiVault.write); not part of the value.
+    on_stored: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def key_id(self) -> str:
@@ -82,11 +89,15 @@ class PiiVault:
         await self.db.close()
 
     async def write(self, records: Sequence[PiiRecord]) -> None:
-        """Upsert (idempotent: a replayed batch writes the same rows again)."""
+        """Upsert (idempotent: a replayed batch writes the same rows again), then, committed, call each
+        record's ``on_stored`` in order (the last record of a row is what the row holds)."""
         if not records:
             return
         async with self.db.transaction() as conn:
             await self._write(conn, records)
+        for record in records:
+            if record.on_stored is not None:
+                record.on_stored()
 
     async def probe(self, records: Sequence[PiiRecord]) -> None:
         """Dry run of :meth:`write` (rolled back): raises what ``write`` would."""
