@@ -341,10 +341,9 @@ def simulate(
     from smartico_stream.adapters.registry import UnknownAdapter, load_adapter
     from smartico_stream.engine.rules import RuleLoadError, load_rules
     from smartico_stream.events.raw import Stream
+    from smartico_stream.pipeline.pipeline import PipelineLimits
     from smartico_stream.simulate import InputError, read_records
     from smartico_stream.simulate import simulate as run_simulation
-
-    from smartico_stream.pipeline.pipeline import PipelineLimits
 
     if state is not None and state.exists():
         _fail(f"--state {state} already exists; simulate starts from an empty store (remove it or choose another path)")
