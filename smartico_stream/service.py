@@ -27,6 +27,7 @@ from smartico_stream.config import EXIT_CONFIG, Settings, StartupError
 from smartico_stream.engine.base import Engine
 from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
+from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.engine.rules import RuleSet, load_rules
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import PartitionId, RawRecord, UserKey
@@ -110,7 +111,7 @@ class Ownership:
         self._adopt(await self._store.acquire(partitions, self._settings.instance_id, self._since()))
 
     def _since(self) -> float:
-        return self._clock() - self._settings.dedup.window_seconds
+        return float("-inf")  # every key the store kept: each batch deleted those its watermark passed
 
     def _adopt(self, leases: Mapping[PartitionId, Lease]) -> dict[PartitionId, int]:
         dedup = self._settings.dedup
@@ -217,7 +218,6 @@ class Service:
             stream_of_topic=self.transport.stream_of_topic,
             dedup_window_for=self.ownership.window_for,
             limits=PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key),
-            clock=clock,
             guard=self.pii.guard,
         )
         kafka = settings.kafka
@@ -522,7 +522,7 @@ class Service:
         users = result.users()
         found = await self._states(users, known)
         states = {key: found.get(key) or UserState(brand=key[0], user=key[1]) for key in users}
-        batch = BatchEngine(self.rule_engine, states)
+        batch = BatchEngine(self.rule_engine, states, PaymentDedup.from_settings(self.settings.dedup))
         self.pipeline.apply(result, batch)
         return batch
 
@@ -540,7 +540,7 @@ class Service:
             actions=batch.actions if batch else [],
             history=list(batch.history) if batch else [],
             dedup_added=result.dedup_added,
-            dedup_horizon=self._clock() - self.settings.dedup.window_seconds,
+            dedup_horizon=result.dedup_horizon,
             handled_messages=handled_ids,
             handled_at=self._clock(),
             handled_horizon=self._clock() - self.settings.rabbitmq.handled_retention_s,

@@ -2,7 +2,9 @@
 rules and store, offline and on event time. The same input always gives byte-identical output.
 
 Input lines are either envelopes ``{"stream": "payments", "key": "u1", "value": {...}}`` (the
-golden-file input format) or bare operator messages, which then need ``stream`` to be given.
+golden-file input format; an optional ``"timestamp_ms"`` is the broker timestamp the record had,
+which the dedup window then measures on, as the service does) or bare operator messages, which then
+need ``stream`` to be given.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from pathlib import Path
 import orjson
 
 from smartico_stream.adapters.base import Adapter
+from smartico_stream.config import DedupSettings
 from smartico_stream.engine.actions import Action
 from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
+from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.engine.rules import RuleSet
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import RawRecord, Stream
@@ -35,7 +39,7 @@ from smartico_stream.pipeline.pipeline import (
 from smartico_stream.store import BatchWrite
 from smartico_stream.store.sqlite import SqliteStore
 
-# Offline there is no arrival time: every repeat of a key within the file is inside the window.
+# A fresh store holds no dedup keys: load them all (there are none).
 _OFFLINE_NOW = 0.0
 # Hand-written input files may leave records unkeyed.
 _LIMITS = PipelineLimits(require_key=False)
@@ -76,7 +80,11 @@ def _record(item: object, number: int, default_stream: Stream | None, where: str
         value = item["value"]
         raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
         key = item.get("key")
+        timestamp_ms = item.get("timestamp_ms", 0)
+        if not isinstance(timestamp_ms, int) or isinstance(timestamp_ms, bool) or timestamp_ms < 0:
+            raise InputError(f"{where}: timestamp_ms must be a whole number of milliseconds, not {timestamp_ms!r}")
     else:
+        timestamp_ms = 0
         if default_stream is None:
             raise InputError(
                 f"{where}: a bare message needs --stream (or use {{\"stream\", \"key\", \"value\"}} lines)"
@@ -90,6 +98,7 @@ def _record(item: object, number: int, default_stream: Stream | None, where: str
         offset=number,
         key=None if key is None else str(key).encode(),
         value=raw,
+        timestamp_ms=timestamp_ms,
     )
 
 
@@ -114,9 +123,11 @@ async def simulate(
     batch_size: int = 1000,
     guard: PiiGuard | None = None,
     vault: PiiVault | None = None,
+    dedup: DedupSettings | None = None,
 ) -> SimulationSummary:
     """Run ``records`` through the pipeline (with the PII ``guard``; encrypted values go to
-    ``vault``), the rules and an SQLite store; report actions per batch."""
+    ``vault``), the rules and an SQLite store; report actions per batch. Repeats are dropped as the
+    service drops them (``dedup``, default settings): on the records' source time."""
     with tempfile.TemporaryDirectory(prefix="smartico-simulate-") as scratch:
         store = SqliteStore(state_path or Path(scratch) / "state.db")
         await store.open()
@@ -124,7 +135,7 @@ async def simulate(
             await vault.open()
         try:
             return await _run(records, adapter, rules, on_actions, store, limits, batch_size,
-                              guard or PiiGuard(None), vault)
+                              guard or PiiGuard(None), vault, dedup or DedupSettings())
         finally:
             await store.close()
             if vault is not None:
@@ -141,16 +152,15 @@ async def _run(
     batch_size: int,
     guard: PiiGuard,
     vault: PiiVault | None,
+    dedup: DedupSettings,
 ) -> SimulationSummary:
     windows: dict[tuple[str, int], DedupWindow] = {}
     epochs: dict[tuple[str, int], int] = {}
 
     def window_for(topic: str, partition: int) -> DedupWindow:
-        return windows.setdefault((topic, partition), DedupWindow(float("inf"), 10_000_000, lambda: _OFFLINE_NOW))
+        return windows.setdefault((topic, partition), DedupWindow(dedup.window_seconds, dedup.max_entries))
 
-    pipeline = Pipeline(
-        adapter, {s.value: s for s in Stream}, window_for, limits, clock=lambda: _OFFLINE_NOW, guard=guard
-    )
+    pipeline = Pipeline(adapter, {s.value: s for s in Stream}, window_for, limits, guard=guard)
     engine = RuleEngine(rules)
     summary = SimulationSummary()
     for batch_records in _batches(records, batch_size):
@@ -165,7 +175,7 @@ async def _run(
         users = result.users()
         loaded = await store.load_users(users)
         states = {key: loaded.get(key) or UserState(brand=key[0], user=key[1]) for key in users}
-        batch = BatchEngine(engine, states)
+        batch = BatchEngine(engine, states, PaymentDedup.from_settings(dedup))
         pipeline.apply(result, batch)
         if result.engine_failures:
             # Offline, an engine failure is a bug to see, not to hide behind a dead letter.
@@ -180,6 +190,7 @@ async def _run(
                 actions=batch.actions,
                 history=batch.history,
                 dedup_added=result.dedup_added,
+                dedup_horizon=result.dedup_horizon,
             )
         )
         for tp, keys in result.dedup_added.items():
