@@ -386,7 +386,7 @@ def simulate(
     try:
         summary = asyncio.run(
             run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state, limits=limits,
-                           guard=guard, vault=vault)
+                           guard=guard, vault=vault, dedup=settings.dedup if settings else None)
         )
     except InputError as exc:
         _fail(str(exc))

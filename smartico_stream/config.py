@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from smartico_stream.events.raw import Stream
+from smartico_stream.pipeline.dedup import MAX_ENTRIES as MAX_DEDUP_ENTRIES
 from smartico_stream.sinks.base import setting_errors
 from smartico_stream.sinks.registry import SinkSettings, unique_sink_names
 
@@ -252,12 +253,26 @@ class RabbitMqSettings(_Section):
 
 
 class DedupSettings(_Section):
-    """Short-window deduplication by brand + event type + transaction id (the spec's 2 minutes)."""
+    """Deduplication by brand + event type + transaction id: the spec's short window (2 minutes of
+    the records' source time) for every event, and for money events (deposits and withdrawals) a
+    per-user memory of the transactions applied (README, "Deduplication")."""
 
-    enabled: bool = True
-    window_seconds: float = Field(default=120.0, gt=0)
+    enabled: bool = Field(default=True, description="false turns off both the window and the payments memory")
+    window_seconds: float = Field(
+        default=120.0, gt=0, description="a repeat within this much source time of the sighting is dropped"
+    )
     max_entries: int = Field(
-        default=2_000_000, ge=1, description="bound per partition set; the oldest keys are dropped first"
+        default=2_000_000, ge=1, le=MAX_DEDUP_ENTRIES,
+        description="bound per partition; the oldest keys are dropped first (40-60 bytes each)",
+    )
+    payments_horizon_s: float = Field(
+        default=2_592_000.0, gt=0, le=10 * 365 * 86_400,
+        description="money transactions are remembered per user for this much event time (30 days)",
+    )
+    payments_max_per_user: int = Field(
+        default=1_000, ge=0, le=100_000,
+        description="at most this many money transactions per user (12 bytes each in memory, 16 in the "
+        "stored state); the oldest go first; 0 turns the payments memory off",
     )
 
 

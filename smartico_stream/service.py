@@ -34,6 +34,7 @@ from smartico_stream.batch.states import StateCache
 from smartico_stream.config import EXIT_CONFIG, Settings, StartupError
 from smartico_stream.engine.base import Engine
 from smartico_stream.engine.evaluator import RuleEngine
+from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.engine.rules import RuleSet, load_rules
 from smartico_stream.events.raw import RawRecord
 from smartico_stream.failpoints import Failpoints
@@ -133,7 +134,6 @@ class Service:
             stream_of_topic=self.transport.stream_of_topic,
             dedup_window_for=self.ownership.window_for,
             limits=PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key),
-            clock=clock,
             guard=self.pii.guard,
         )
         kafka = settings.kafka
@@ -159,10 +159,10 @@ class Service:
         self._env = CheckpointEnv(
             pipeline=self.pipeline, store=self.store, states=self.states, ownership=self.ownership,
             transport=self.transport, observer=self.observers, rules=self.rule_engine, clock=clock,
-            dedup_window_s=settings.dedup.window_seconds,
             handled_retention_s=settings.rabbitmq.handled_retention_s,
             dead_letter_timeout_s=kafka.dead_letter_flush_timeout_s,
-            vault=self.pii.vault, engine=engine, failpoints=self.failpoints,
+            vault=self.pii.vault, payments=PaymentDedup.from_settings(settings.dedup), engine=engine,
+            failpoints=self.failpoints,
         )
         self.sinks = sinks
         self.metrics_server: MetricsServer | None = None

@@ -2,13 +2,16 @@
 rules and store, offline and on event time. The same input always gives byte-identical output.
 
 Input lines are either envelopes ``{"stream": "payments", "key": "u1", "value": {...}}`` (the
-golden-file input format) or bare operator messages, which then need ``stream`` to be given.
+golden-file input format; an optional ``"timestamp_ms"`` is the broker timestamp the record had,
+which the dedup window then measures on, as the service does) or bare operator messages, which then
+need ``stream`` to be given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from smartico_stream.batch.states import StateCache
 from smartico_stream.config import DedupSettings
 from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import RuleEngine
+from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.engine.rules import RuleSet
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream
 from smartico_stream.pii.guard import PiiGuard
@@ -39,9 +43,8 @@ from smartico_stream.pipeline.pipeline import (
 from smartico_stream.store.base import FencedError, Store
 from smartico_stream.store.sqlite import SqliteStore
 
-# Offline there is no arrival time: every repeat of a key within the file is inside the window.
+# A fresh store holds no dedup keys: load them all (there are none).
 _OFFLINE_NOW = 0.0
-_DEDUP = DedupSettings(max_entries=10_000_000)
 _STATE_CACHE = 100_000
 # Hand-written input files may leave records unkeyed.
 _LIMITS = PipelineLimits(require_key=False)
@@ -82,7 +85,11 @@ def _record(item: object, number: int, default_stream: Stream | None, where: str
         value = item["value"]
         raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
         key = item.get("key")
+        timestamp_ms = item.get("timestamp_ms", 0)
+        if not isinstance(timestamp_ms, int) or isinstance(timestamp_ms, bool) or timestamp_ms < 0:
+            raise InputError(f"{where}: timestamp_ms must be a whole number of milliseconds, not {timestamp_ms!r}")
     else:
+        timestamp_ms = 0
         if default_stream is None:
             raise InputError(
                 f"{where}: a bare message needs --stream (or use {{\"stream\", \"key\", \"value\"}} lines)"
@@ -96,6 +103,7 @@ def _record(item: object, number: int, default_stream: Stream | None, where: str
         offset=number,
         key=None if key is None else str(key).encode(),
         value=raw,
+        timestamp_ms=timestamp_ms,
     )
 
 
@@ -120,11 +128,13 @@ async def simulate(
     batch_size: int = 1000,
     guard: PiiGuard | None = None,
     vault: PiiVault | None = None,
+    dedup: DedupSettings | None = None,
 ) -> SimulationSummary:
     """Run ``records`` through the service's own checkpoint (pipeline with the PII ``guard``, rules,
     dead letters, one SQLite store transaction per batch; encrypted values go to ``vault``) and
     report each committed batch's actions. A record the engine fails on is a dead letter, as in the
-    service."""
+    service; repeats are dropped as the service drops them (``dedup``, default settings), on the
+    records' source time."""
     with tempfile.TemporaryDirectory(prefix="smartico-simulate-") as scratch:
         store = SqliteStore(state_path or Path(scratch) / "state.db")
         await store.open()
@@ -132,7 +142,7 @@ async def simulate(
             await vault.open()
         try:
             return await _run(records, adapter, rules, on_actions, store, limits, batch_size,
-                              guard or PiiGuard(None), vault)
+                              guard or PiiGuard(None), vault, dedup or DedupSettings())
         finally:
             await store.close()
             if vault is not None:
@@ -192,21 +202,23 @@ async def _run(
     batch_size: int,
     guard: PiiGuard,
     vault: PiiVault | None,
+    dedup: DedupSettings,
 ) -> SimulationSummary:
     def offline() -> float:
         return _OFFLINE_NOW
 
     states = StateCache(store, _STATE_CACHE)
-    ownership = Ownership(store, "simulate", _DEDUP, offline, on_revoke=states.clear)
+    # The wall clock only caps a partition's watermark (a record stamped far ahead), as in the service.
+    ownership = Ownership(store, "simulate", dedup, time.time, on_revoke=states.clear)
     pipeline = Pipeline(
-        adapter, {s.value: s for s in Stream}, ownership.window_for, limits, clock=offline, guard=guard
+        adapter, {s.value: s for s in Stream}, ownership.window_for, limits, guard=guard
     )
     summary = SimulationSummary()
     env = CheckpointEnv(
         pipeline=pipeline, store=store, states=states, ownership=ownership,
         transport=_FileTransport(ownership), observer=Observers([_Summarise(summary, on_actions)]),
-        rules=RuleEngine(rules), clock=offline, dedup_window_s=_DEDUP.window_seconds,
-        handled_retention_s=0.0, dead_letter_timeout_s=0.0, vault=vault,
+        rules=RuleEngine(rules), clock=offline, handled_retention_s=0.0, dead_letter_timeout_s=0.0, vault=vault,
+        payments=PaymentDedup.from_settings(dedup),
     )
     never = asyncio.Event()
     for batch_records in _batches(records, batch_size):

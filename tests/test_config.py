@@ -18,6 +18,7 @@ def test_example_config_loads_with_every_section() -> None:
         "user_profile": Stream.PROFILE, "payments": Stream.PAYMENTS, "casino": Stream.CASINO, "sport": Stream.SPORT,
     }
     assert settings.dedup.window_seconds == 120
+    assert (settings.dedup.payments_horizon_s, settings.dedup.payments_max_per_user) == (2_592_000, 1_000)
 
 
 def test_librdkafka_settings_pass_through_untouched(tmp_path: Path) -> None:
@@ -64,6 +65,12 @@ def test_a_single_topic_may_be_written_as_a_string() -> None:
         ({"kafka": {"topics": {"payments": "t", "casino": "t"}}}, "configured for both"),
         ({"dedup": {"window_seconds": 0}}, "dedup.window_seconds: Input should be greater than 0"),
         ({"dedup": {"windw_seconds": 5}}, "dedup.windw_seconds: Extra inputs are not permitted"),
+        ({"dedup": {"max_entries": 2**32}}, "dedup.max_entries: Input should be less than or equal to 4294967295"),
+        ({"dedup": {"payments_horizon_s": 0}}, "dedup.payments_horizon_s: Input should be greater than 0"),
+        ({"dedup": {"payments_max_per_user": -1}},
+         "dedup.payments_max_per_user: Input should be greater than or equal to 0"),
+        ({"dedup": {"payments_max_per_user": 100_001}},
+         "dedup.payments_max_per_user: Input should be less than or equal to 100000"),
         ({"kafka": {"topics": {"bets": "t"}}}, "kafka.topics.bets.[key]"),
         (
             {"store": {"sqlite_synchronous": "OFF"}},

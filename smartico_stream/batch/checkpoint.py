@@ -10,8 +10,9 @@ committed or left. Each :meth:`Checkpoint.attempt` runs these steps, in this ord
 3. **owned only**: records of partitions revoked meanwhile are dropped; their new owner reads them.
 4. **adapt**: decode and map to canonical events; what fails becomes a dead letter.
 5. **guard and dedup**: personal data leaves the events (with the users' known countries for
-   national phone numbers); repeats inside the window are dropped.
-6. **apply**: the rules run on the users' states, per user in order.
+   national phone numbers); repeats inside the window (of source time) are dropped.
+6. **apply**: per user in order, a money event the user's state already holds is dropped as a
+   repeat (``dedup.payments_horizon_s``); the others are folded into the state and run the rules.
 7. **dead letters**: published, and acknowledged by the broker, before anything is committed
    (invariant 3: a record is either committed past as a dead letter, or not at all).
 8. **write**: the PII vault first (its own database; a replay writes the same values again), then
@@ -47,6 +48,7 @@ from smartico_stream.batch.states import StateCache
 from smartico_stream.engine.base import Engine
 from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
+from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.events.raw import PartitionId, RawRecord
 from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.logging import get_logger
@@ -132,10 +134,10 @@ class CheckpointEnv:
     observer: BatchObserver
     rules: RuleEngine
     clock: Clock
-    dedup_window_s: float
     handled_retention_s: float
     dead_letter_timeout_s: float
     vault: PiiVault | None = None
+    payments: PaymentDedup | None = None  # money events already applied, per user (dedup.payments_*)
     engine: Engine | None = None  # replaces the rule engine (tests record what reaches it)
     failpoints: Failpoints = field(default_factory=lambda: Failpoints({}))
 
@@ -270,7 +272,7 @@ class Checkpoint:
         if env.engine is not None:
             env.pipeline.apply(result, env.engine)
         else:
-            batch = BatchEngine(env.rules, await env.states.for_users(result.users(), known))
+            batch = BatchEngine(env.rules, await env.states.for_users(result.users(), known), env.payments)
             env.pipeline.apply(result, batch)
         stages["adapt"] = adapted_at - started
         stages["guard_dedup"] = guarded_at - adapted_at
@@ -288,7 +290,7 @@ class Checkpoint:
             actions=batch.actions if batch else [],
             history=list(batch.history) if batch else [],
             dedup_added=result.dedup_added,
-            dedup_horizon=now - env.dedup_window_s,
+            dedup_horizon=result.dedup_horizon,
             handled_messages=progress.handled_ids,
             handled_at=now,
             handled_horizon=now - env.handled_retention_s,

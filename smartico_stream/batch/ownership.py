@@ -42,7 +42,7 @@ class Ownership:
         self._adopt(await self._store.acquire(partitions, self._instance_id, self._since()))
 
     def _since(self) -> float:
-        return self._clock() - self._dedup.window_seconds
+        return float("-inf")  # every key the store kept: each batch deleted those its watermark passed
 
     def _adopt(self, leases: Mapping[PartitionId, Lease]) -> dict[PartitionId, int]:
         dedup = self._dedup

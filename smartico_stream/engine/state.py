@@ -7,6 +7,7 @@ JSON with Decimals as strings, so a round trip through the store is exact.
 
 from __future__ import annotations
 
+from base64 import b64decode, b64encode
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
@@ -107,6 +108,9 @@ class UserState:
     level: int | None = None
     tags: set[str] = field(default_factory=set)
     rules: dict[str, RuleProgress] = field(default_factory=dict)
+    # money transactions already applied (engine.payments): 12 bytes each, oldest first; not a
+    # field rules can read
+    payment_ids: bytes = b""
     version: int = 0  # store version this state was loaded at (optimistic concurrency)
 
     @property
@@ -151,6 +155,8 @@ class UserState:
             document["tags"] = sorted(self.tags)
         if self.rules:
             document["rules"] = {rule_id: _progress_document(self.rules[rule_id]) for rule_id in sorted(self.rules)}
+        if self.payment_ids:
+            document["payment_ids"] = b64encode(self.payment_ids).decode("ascii")
         return orjson.dumps(document, default=_encode)
 
     @classmethod
@@ -168,6 +174,8 @@ class UserState:
             if data.get(name) is not None:
                 data[name] = Decimal(data[name])
         data["tags"] = set(data.get("tags") or ())
+        # absent in states written before money events were remembered: nothing remembered yet
+        data["payment_ids"] = b64decode(data.get("payment_ids") or "")
         data["rules"] = {
             rid: RuleProgress(
                 remainder=Decimal(p.get("remainder", "0")),
@@ -206,7 +214,8 @@ _OPTIONAL_DECIMAL_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type
 # (name, default): written one by one by to_json, unless at the default; the rest have their own forms.
 _SCALAR_FIELDS = tuple(
     (f.name, f.default) for f in fields(UserState)
-    if f.name not in ("brand", "user", "custom", "points", "tags", "rules", "version", *_DECIMAL_MAP_FIELDS)
+    if f.name not in ("brand", "user", "custom", "points", "tags", "rules", "payment_ids", "version",
+                      *_DECIMAL_MAP_FIELDS)
 )
 
 
@@ -224,7 +233,7 @@ def _dt(value: str | None) -> datetime | None:
 
 # What conditions may read as user.*; derived from the dataclass so the two cannot drift.
 def _field_type(name: str, annotation: str) -> FieldType | None:
-    if name in ("rules", "version"):
+    if name in ("rules", "payment_ids", "version"):
         return None
     if name in ("brand", "user"):
         return FieldType.STRING

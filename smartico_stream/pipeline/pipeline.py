@@ -1,7 +1,8 @@
 """decode -> adapt -> guard -> dedup -> engine, one batch of raw records at a time.
 
 Every record ends in exactly one of three results, counted per topic: ``ok`` (its events were
-applied), ``deduplicated`` (all its events were repeats inside the window) or ``dead_lettered``.
+applied), ``deduplicated`` (all its events were repeats: inside the window on source time, or money
+events the engine found among the user's remembered transactions) or ``dead_lettered``.
 Nothing here raises for a bad record: the worst a record can do is become a dead letter.
 
 Nothing here is durable either: new dedup keys are *staged* in the result, and the caller adds them
@@ -21,13 +22,13 @@ from decimal import Decimal
 import orjson
 
 from smartico_stream.adapters.base import Adapter, RecordContext
-from smartico_stream.engine.base import Engine
+from smartico_stream.engine.base import AlreadyApplied, Engine, Outcome
 from smartico_stream.events.models import CanonicalEvent, SourceCoordinates, UserProfile
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream, UserKey
 from smartico_stream.events.types import MAX_NESTING, is_field_name
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiRecord
-from smartico_stream.pipeline.dedup import Clock, DedupWindow, dedup_digest
+from smartico_stream.pipeline.dedup import DedupWindow, dedup_digest, dedup_time
 from smartico_stream.pipeline.errors import (
     DeadLetter,
     DecodeError,
@@ -75,6 +76,9 @@ class BatchResult:
     last_timestamps: dict[PartitionId, int] = field(default_factory=dict)
     # dedup keys first seen in this batch: add them to the windows once the batch is committed
     dedup_added: dict[PartitionId, list[tuple[int, float]]] = field(default_factory=dict)
+    # persisted keys first seen before this (source time) are out of every window of the batch's
+    # partitions for good: the lowest of their watermarks after this batch, minus the window
+    dedup_horizon: float | None = None
     # records whose events the engine could not apply (the caller redoes the batch without them)
     engine_failures: dict[RecordId, Exception] = field(default_factory=dict)
     # encrypted personal data the guard took out of the events, for the PII vault
@@ -122,7 +126,6 @@ class Pipeline:
         stream_of_topic: Mapping[str, Stream],
         dedup_window_for: DedupLookup | None = None,
         limits: PipelineLimits = PipelineLimits(),
-        clock: Clock | None = None,
         guard: PiiGuard | None = None,
     ) -> None:
         self._adapter = adapter
@@ -130,7 +133,6 @@ class Pipeline:
         self._stream_of_topic = dict(stream_of_topic)
         self._dedup_window_for = dedup_window_for
         self._limits = limits
-        self._clock = clock
 
     def adapt(self, records: Sequence[RawRecord], poisoned: Mapping[RecordId, Exception] = {}) -> Adapted:
         """Decode and adapt. ``poisoned`` records (the engine failed on them in an earlier attempt at
@@ -161,8 +163,8 @@ class Pipeline:
         """Strip personal data from every event (the guard), then drop repeats. ``region_of`` gives
         a user's known country, for phones in profile updates that do not repeat it."""
         result = adapted.result
-        seen_now: set[tuple[PartitionId, int]] = set()
-        now = self._clock() if self._clock else None
+        # the newest sighting of each key in this batch (or before it), until the windows get them
+        seen_now: dict[tuple[PartitionId, int], float] = {}
         countries: dict[UserKey, str] = {}
         for record, events in adapted.items:
             protected: dict[int, list[PiiRecord]] = {}
@@ -177,7 +179,7 @@ class Pipeline:
                 except Exception as exc:  # noqa: BLE001 - a guard failure must not let plaintext through
                     self._dead_letter(result, record, "guard", exc)
                     continue
-            fresh = self._drop_repeats(record, events, result, seen_now, now)
+            fresh = self._drop_repeats(record, events, result, seen_now)
             # Only what survives dedup reaches the vault: a late repeat of an old profile must not
             # overwrite newer values.
             for event in fresh:
@@ -188,6 +190,7 @@ class Pipeline:
                 result.results[(record.topic, DEDUPLICATED)] += 1
                 continue
             result.accepted.append(Accepted(record, fresh))
+        result.dedup_horizon = self._dedup_horizon(result)
         return result
 
     def prepare(
@@ -206,26 +209,38 @@ class Pipeline:
             for event in item.events:
                 by_user.setdefault(event.user_key, []).append((item, event))
         failed: dict[int, Exception] = {}
+        repeats: Counter[int] = Counter()  # accepted item -> its events the engine found applied before
         for user, pairs in by_user.items():
             try:
-                errors = engine.apply_user_events(user, [event for _, event in pairs])
+                outcomes: Sequence[tuple[int, Outcome]] = engine.apply_user_events(user, [e for _, e in pairs])
             except Exception as exc:  # noqa: BLE001 - an engine bug on one user must not stop the others
-                errors = [(0, exc)]
-            failed_indexes = set()
-            for index, error in errors:
-                failed.setdefault(id(pairs[index][0]), error)
-                failed_indexes.add(index)
+                outcomes = [(0, exc)]
+            skipped = set()
+            for index, outcome in outcomes:
+                item = pairs[index][0]
+                if isinstance(outcome, AlreadyApplied):
+                    repeats[id(item)] += 1
+                else:
+                    failed.setdefault(id(item), outcome)
+                skipped.add(index)
             for index, (_, event) in enumerate(pairs):
-                if index not in failed_indexes:
+                if index not in skipped:
                     result.events_by_type[event.type] += 1
-            result.events_applied += len(pairs) - len(failed_indexes)
+            result.events_applied += len(pairs) - len(skipped)
         for item in result.accepted:
+            record = item.record
             failure = failed.get(id(item))
+            repeated = repeats.get(id(item), 0)
+            if repeated:
+                # As a repeat inside the window: counted per event, and a record with nothing
+                # else in it is a deduplicated record.
+                result.duplicates_by_topic[record.topic] += repeated
             if failure is not None:
-                record = item.record
                 result.engine_failures[(record.topic, record.partition, record.offset)] = failure
+            elif repeated and repeated == len(item.events):
+                result.results[(record.topic, DEDUPLICATED)] += 1
             else:
-                result.results[(item.record.topic, OK)] += 1
+                result.results[(record.topic, OK)] += 1
         return result
 
     def process(self, records: Sequence[RawRecord], engine: Engine) -> BatchResult:
@@ -272,22 +287,48 @@ class Pipeline:
         record: RawRecord,
         events: list[CanonicalEvent],
         result: BatchResult,
-        seen_now: set[tuple[PartitionId, int]],
-        now: float | None,
+        seen_now: dict[tuple[PartitionId, int], float],
     ) -> list[CanonicalEvent]:
         window = self._dedup_window_for(record.topic, record.partition) if self._dedup_window_for else None
         if window is None:
             return events
         partition = (record.topic, record.partition)
+        window_s = window.window_s
         fresh = []
         for event in events:
             digest = dedup_digest(event.brand_id, event.type, event.event_id)
-            if (partition, digest) in seen_now or window.contains(digest):
+            at = dedup_time(record, event)
+            key = (partition, digest)
+            # The sighting this batch would leave in the window if it committed now: the same rule
+            # whether a repeat comes in the same batch or a later one.
+            held = seen_now.get(key)
+            if held is None:
+                held = window.sighting(digest)
+            if held is not None and abs(at - held) <= window_s:
                 continue
-            seen_now.add((partition, digest))
-            result.dedup_added.setdefault(partition, []).append((digest, now if now is not None else window.now()))
+            if held is None or at > held:
+                seen_now[key] = at
+                result.dedup_added.setdefault(partition, []).append((digest, at))
+            # else: a record far behind the sighting; applied, and the newer sighting stays (the
+            # window and the store keep one per key)
             fresh.append(event)
         return fresh
+
+    def _dedup_horizon(self, result: BatchResult) -> float | None:
+        """The lowest expiry horizon of the batch's partitions once its keys are added (the store
+        keeps one horizon per batch); None when nothing may be deleted yet."""
+        if self._dedup_window_for is None:
+            return None
+        horizon: float | None = None
+        for partition in result.next_offsets:
+            window = self._dedup_window_for(*partition)
+            if window is None:
+                continue
+            staged = result.dedup_added.get(partition)
+            latest = max(at for _, at in staged) if staged else float("-inf")
+            mark = window.horizon_after(latest)
+            horizon = mark if horizon is None else min(horizon, mark)
+        return horizon if horizon is not None and horizon > float("-inf") else None
 
     @staticmethod
     def _dead_letter(result: BatchResult, record: RawRecord, stage: str, exc: Exception) -> None:

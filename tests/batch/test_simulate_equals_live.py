@@ -47,11 +47,11 @@ from tests.support.kafka import TestProducer
 pytestmark = [pytest.mark.kafka, pytest.mark.any_kafka]  # topics through kafka.topic()
 
 MAX_MESSAGE_BYTES = 64 * 1024
-# The live service's dedup window is 120 s of *processing* time (arrival at the service), while
-# simulate treats the whole file as inside the window: the two agree only while every repeat
-# reaches the service within 120 s of its original. The generator keeps each duplicate within
-# synthetic.DUPLICATE_WINDOW (50) records of its original, a few seconds apart here (the whole live
-# run takes about ten), so both deduplicate the same records.
+# Repeats are measured on source time: live on the Kafka record timestamps (the produce time, a few
+# seconds apart here), in simulate on the event time (the file carries no timestamp_ms, and a
+# repeat is an exact copy of its original). The generator keeps each duplicate within
+# synthetic.DUPLICATE_WINDOW (50) records of its original, so both are well inside the 120 s window
+# and both drop the same records.
 SPEC = StreamSpec(
     users=30,
     events=400,

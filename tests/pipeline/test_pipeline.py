@@ -149,7 +149,6 @@ def make_pipeline(windows: Windows | None = None, require_key: bool = True) -> P
         stream_of_topic=STREAMS,
         dedup_window_for=windows,
         limits=PipelineLimits(max_message_bytes=MAX_BYTES, require_key=require_key),
-        clock=lambda: 1_000.0,
     )
 
 

@@ -167,12 +167,21 @@ class TestProducer:
                 time.sleep(0.05)
 
     def send(
-        self, topic: str, key: bytes | str | None, value: bytes | None, partition: int | None = None, **meta: Any
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes | None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        **meta: Any,
     ) -> Produced:
-        """Produce one message (to ``partition`` if given, else by key); ``meta`` is kept for the test."""
+        """Produce one message (to ``partition`` if given, else by key; with the record timestamp
+        ``timestamp_ms`` if given, else the producer's clock); ``meta`` is kept for the test."""
         self._cluster.check_topic(topic)
         key_bytes = key.encode() if isinstance(key, str) else key
         where: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if timestamp_ms is not None:
+            where["timestamp"] = timestamp_ms
         produced = Produced(topic, key_bytes, value, meta=meta)
 
         def delivered(error: KafkaError | None, message: Message) -> None:
