@@ -141,10 +141,10 @@ async def setup(tmp_path: Path):
     transport = CheckingTransport(store, ownership, steps)
     recorder = Recorder(steps)
     pipeline = Pipeline(ReferenceAdapter(), {TOPIC: Stream.PAYMENTS}, ownership.window_for,
-                        PipelineLimits(require_key=False), clock=lambda: 1_000.0)
+                        PipelineLimits(require_key=False))
     env = CheckpointEnv(pipeline=pipeline, store=store, states=states, ownership=ownership, transport=transport,
                         observer=Observers([recorder]), rules=RuleEngine(load_rules(rules_file)),
-                        clock=lambda: 1_000.0, dedup_window_s=120, handled_retention_s=60, dead_letter_timeout_s=1)
+                        clock=lambda: 1_000.0, handled_retention_s=60, dead_letter_timeout_s=1)
     yield env, steps, recorder, transport, store
     await store.close()
 

@@ -68,7 +68,7 @@ def test_repeats_are_measured_on_source_time_and_money_events_are_never_applied_
     done = run(tmp_path, lines)
     assert done.returncode == 0, done.stderr.decode()
     actions = [orjson.loads(line) for line in done.stdout.splitlines()]
-    assert [(a["event_id"], a["execution"]) for a in actions] == [
+    assert [(a["event_id"], a["executions"]) for a in actions] == [
         ("b-1", 1), ("b-1", 1), ("b-2", 1), ("b-2", 1), ("d-1", 1),
     ]
     assert "records 7, processed 5, deduplicated 2, dead-lettered 0, actions 5" in done.stderr.decode()
