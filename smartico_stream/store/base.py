@@ -88,9 +88,13 @@ class BatchWrite:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
+    """One pending action: the outbox row of its batch and partition (``seq``), its place in that
+    row (``index``), and the action. Rows sort in delivery order by ``(seq, index)``."""
+
     seq: int
     partition: PartitionId
     action: Action
+    index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,23 +136,27 @@ class Store(Protocol):
         else ``None``."""
 
     async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
-        """Outbox rows of these partitions not yet delivered to ``sink``, in order."""
+        """Actions of these partitions not yet delivered to ``sink``, at most ``limit``, in
+        ``(seq, index)`` order (each partition's own order; one batch's partitions follow each other)."""
 
     async def mark_delivered(self, sink: str, rows: Sequence[OutboxRow], epochs: dict[PartitionId, int]) -> None:
-        """Advance the sink's cursor past ``rows`` (fenced like commit)."""
+        """Advance the sink's cursor of each partition past its last action among ``rows``, in one
+        transaction (fenced like commit)."""
 
     async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
-        """Rows not yet delivered to every sink, for these partitions."""
+        """Actions not yet delivered to every sink, for these partitions (counted from the cursors)."""
 
     async def prune_outbox(
         self, sinks: Sequence[str], partitions: Sequence[PartitionId], committed_before: datetime
     ) -> int:
-        """Delete rows of these partitions that every one of ``sinks`` has delivered and that were
-        committed before ``committed_before``; the number deleted. With no sinks, nothing."""
+        """Delete the batch rows of these partitions that every one of ``sinks`` has delivered in full
+        and that were committed before ``committed_before``; the number of actions they held. With
+        no sinks, nothing."""
 
     async def prune_history(self, recorded_before: datetime, limit: int) -> int:
-        """Delete history rows recorded before ``recorded_before``, from the oldest, at most
-        ``limit`` of them; the number deleted (0: none of the oldest is due yet)."""
+        """Delete history batch rows recorded before ``recorded_before``, from the oldest, holding
+        about ``limit`` entries (at least one row); the number of entries deleted (0: none of the
+        oldest is due yet)."""
 
     async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
                       limit: int = 1000) -> list[HistoryEntry]: ...

@@ -170,6 +170,24 @@ class PostgresStore(SqlStore):
         locks = sorted({user_lock_id(brand, user) for brand, user in keys})
         await conn.execute("SELECT pg_advisory_xact_lock(h) FROM unnest(?::bigint[]) AS h ORDER BY h", locks)
 
+    async def _upsert_users(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        """All users in one statement over arrays (``unnest``): one round trip and one plan instead
+        of a bound statement per user."""
+        if not rows:
+            return
+        brands, users, states, versions, times = (list(column) for column in zip(*rows, strict=True))
+        if len(set(zip(brands, users, strict=True))) < len(rows):
+            # One statement cannot update a row twice; a user given twice is written in order.
+            await super()._upsert_users(conn, rows)
+            return
+        await conn.execute(
+            "INSERT INTO users (brand, user_id, state, version, updated_at) "
+            "SELECT * FROM unnest(?::text[], ?::text[], ?::bytea[], ?::bigint[], ?::text[]) "
+            "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
+            "updated_at = excluded.updated_at",
+            brands, users, states, versions, times,
+        )
+
     async def commit(self, batch: Any) -> None:
         try:
             await super().commit(batch)

@@ -6,14 +6,17 @@ unsigned 64-bit values stored as signed BIGINT (see :func:`to_signed`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 Dialect = Literal["sqlite", "postgres"]
+# A migration step SQL cannot express (packing binary data SQLite has no function for): called with
+# the migration's connection and the dialect, inside the migrations' transaction.
+Step = Callable[[Any, Dialect], Awaitable[None]]
 # (version, script); append only. A script is shared by both dialects or, when they must differ
-# (SQLite cannot drop a constraint without rebuilding the table), given per dialect.
-Script = str | Mapping[Dialect, str]
+# (SQLite cannot drop a constraint without rebuilding the table), given per dialect; or a step.
+Script = str | Mapping[Dialect, str] | Step
 Migrations = Sequence[tuple[int, Script]]
 
 _TYPES = {
@@ -151,10 +154,109 @@ STATE_MIGRATIONS: list[tuple[int, Script]] = [
     ),
 ]
 
+
+# Migration 4: actions, history and dedup keys are written as one row per partition per batch (per
+# batch for history, whose entries carry no partition) instead of one row per item; the sinks'
+# cursors point at an action inside such a row. Every existing row becomes a row of one item, with
+# its seq, so the cursors stay valid: an old cursor at seq s had delivered the whole (one-action)
+# row s, which is (s, next_index 1) now.
+_BATCH_ROWS: Mapping[Dialect, str] = {
+    "sqlite": """
+    CREATE TABLE outbox_v4 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        actions INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    INSERT INTO outbox_v4 (seq, topic, part, actions, body, created_at)
+        SELECT seq, topic, part, 1, body, created_at FROM outbox;
+    DELETE FROM sqlite_sequence WHERE name = 'outbox_v4';
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v4', seq FROM sqlite_sequence WHERE name = 'outbox';
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v4 RENAME TO outbox;
+    CREATE INDEX outbox_partition ON outbox (topic, part, seq);
+    ALTER TABLE sink_cursors ADD COLUMN next_index BIGINT NOT NULL DEFAULT 1;
+    CREATE TABLE history_v4 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        entries INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        recorded_at TEXT NOT NULL
+    );
+    INSERT INTO history_v4 (seq, entries, body, recorded_at)
+        SELECT seq, 1, CAST(json_array(json_array(brand, user_id, rule_id, event_id, event_type, event_time,
+            outcome, executions, reason, qualified_at, qualified_until)) AS BLOB), recorded_at FROM history;
+    DELETE FROM sqlite_sequence WHERE name = 'history_v4';
+    INSERT INTO sqlite_sequence (name, seq) SELECT 'history_v4', seq FROM sqlite_sequence WHERE name = 'history';
+    DROP TABLE history;
+    ALTER TABLE history_v4 RENAME TO history;
+    ALTER TABLE dedup_keys RENAME TO dedup_keys_v3;
+    DROP INDEX dedup_partition_age
+    """,
+    "postgres": """
+    ALTER TABLE outbox DROP COLUMN action_id, DROP COLUMN brand, DROP COLUMN user_id, DROP COLUMN rule_id,
+        ADD COLUMN actions INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE outbox ALTER COLUMN actions DROP DEFAULT;
+    ALTER TABLE sink_cursors ADD COLUMN next_index BIGINT NOT NULL DEFAULT 1;
+    ALTER TABLE sink_cursors ALTER COLUMN next_index DROP DEFAULT;
+    ALTER TABLE history ADD COLUMN entries INTEGER NOT NULL DEFAULT 1, ADD COLUMN body BYTEA;
+    UPDATE history SET body = convert_to(json_build_array(json_build_array(brand, user_id, rule_id, event_id,
+        event_type, event_time, outcome, executions, reason, qualified_at, qualified_until))::text, 'UTF8');
+    ALTER TABLE history ALTER COLUMN body SET NOT NULL, ALTER COLUMN entries DROP DEFAULT,
+        DROP COLUMN brand, DROP COLUMN user_id, DROP COLUMN rule_id, DROP COLUMN event_id, DROP COLUMN event_type,
+        DROP COLUMN event_time, DROP COLUMN outcome, DROP COLUMN executions, DROP COLUMN reason,
+        DROP COLUMN qualified_at, DROP COLUMN qualified_until;
+    ALTER TABLE dedup_keys RENAME TO dedup_keys_v3;
+    ALTER TABLE dedup_keys_v3 RENAME CONSTRAINT dedup_keys_pkey TO dedup_keys_v3_pkey;
+    DROP INDEX dedup_partition_age
+    """,
+}
+_DEDUP_ROWS = """
+CREATE TABLE dedup_keys (
+    seq {SERIAL},
+    topic TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    keys INTEGER NOT NULL,
+    newest {FLOAT} NOT NULL,
+    digests {BLOB} NOT NULL,
+    seen {BLOB} NOT NULL
+);
+CREATE INDEX dedup_partition_newest ON dedup_keys (topic, part, newest)
+"""
+_DEDUP_KEYS_PER_ROW = 100_000  # a migrated window of millions of keys is split into rows of this many
+
+
+async def _migrate_to_batch_rows(conn: Any, dialect: Dialect) -> None:
+    """Migration 4 (see ``_BATCH_ROWS``). The dedup window is packed here: SQLite has no function
+    that writes a number's bytes."""
+    from smartico_stream.store.packing import pack_dedup  # store.base imports the engine
+
+    for statement in [*statements(_BATCH_ROWS, dialect), *statements(_DEDUP_ROWS, dialect)]:
+        await conn.execute(statement)
+    rows = await conn.fetch(
+        "SELECT topic, part, digest, first_seen FROM dedup_keys_v3 ORDER BY topic, part, first_seen"
+    )
+    window: dict[tuple[str, int], list[tuple[int, float]]] = {}
+    for topic, part, digest, seen in rows:
+        window.setdefault((topic, int(part)), []).append((to_unsigned(int(digest)), float(seen)))
+    for (topic, part), keys in window.items():
+        for start in range(0, len(keys), _DEDUP_KEYS_PER_ROW):
+            chunk = keys[start : start + _DEDUP_KEYS_PER_ROW]
+            digests, seen = pack_dedup(chunk)
+            await conn.execute(
+                "INSERT INTO dedup_keys (topic, part, keys, newest, digests, seen) VALUES (?, ?, ?, ?, ?, ?)",
+                topic, part, len(chunk), max(t for _, t in chunk), digests, seen,
+            )
+    await conn.execute("DROP TABLE dedup_keys_v3")
+
+
+STATE_MIGRATIONS.append((4, _migrate_to_batch_rows))
+
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 
-def statements(script: Script, dialect: Dialect) -> list[str]:
+def statements(script: str | Mapping[Dialect, str], dialect: Dialect) -> list[str]:
     """The script's statements for ``dialect``, with its column types filled in."""
     text = script if isinstance(script, str) else script[dialect]
     types = _TYPES[dialect]
@@ -177,8 +279,11 @@ async def apply_migrations(db: _Database, migrations: Migrations) -> None:
         for version, script in migrations:
             if version in applied:
                 continue
-            for statement in statements(script, db.dialect):
-                await conn.execute(statement)
+            if callable(script):
+                await script(conn, db.dialect)
+            else:
+                for statement in statements(script, db.dialect):
+                    await conn.execute(statement)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                 version, datetime.now(UTC).isoformat(timespec="milliseconds"),

@@ -15,7 +15,21 @@ from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import PartitionId, UserKey
 from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow, RowEncodingError
-from smartico_stream.store.schema import STATE_MIGRATIONS, Dialect, Migrations, to_signed, to_unsigned
+from smartico_stream.store.packing import (
+    history_entry,
+    history_fields,
+    pack_actions,
+    pack_dedup,
+    pack_history,
+    unpack_actions,
+    unpack_dedup,
+)
+from smartico_stream.store.schema import STATE_MIGRATIONS, Dialect, Migrations
+
+# A sink's delivery position in a partition: (seq of a batch row, actions of it delivered). Every
+# row before ``seq`` is delivered in full.
+Cursor = tuple[int, int]
+_START: Cursor = (0, 0)
 
 
 class Connection(Protocol):
@@ -36,10 +50,6 @@ def _now() -> str:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="milliseconds") if moment else None
-
-
-def _dt(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 def _by_brand(keys: Sequence[UserKey]) -> dict[str, list[str]]:
@@ -158,15 +168,14 @@ class SqlStore:
                 offset_rows = await conn.fetch(
                     "SELECT next_offset FROM source_offsets WHERE topic = ? AND part = ?", topic, part
                 )
-                keys = await conn.fetch(
-                    "SELECT digest, first_seen FROM dedup_keys WHERE topic = ? AND part = ? AND first_seen >= ? "
-                    "ORDER BY first_seen",
+                packed = await conn.fetch(
+                    "SELECT digests, seen FROM dedup_keys WHERE topic = ? AND part = ? AND newest >= ? ORDER BY seq",
                     topic, part, dedup_since,
                 )
                 leases[(topic, part)] = Lease(
                     epoch=int(epoch),
                     next_offset=int(offset_rows[0][0]) if offset_rows else None,
-                    dedup_keys=[(to_unsigned(int(d)), float(t)) for d, t in keys],
+                    dedup_keys=_dedup_window(packed, dedup_since),
                 )
         return leases
 
@@ -222,6 +231,17 @@ class SqlStore:
         if stale:
             raise ConflictError(stale)
 
+    _UPSERT_USERS = (
+        "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
+        "updated_at = excluded.updated_at"
+    )
+
+    async def _upsert_users(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Write the users' rows: one row per user, updated in place. (A change log with periodic
+        compaction was measured and not taken: docs/performance.md, "Store writes".)"""
+        await conn.executemany(self._UPSERT_USERS, rows)
+
     # batches -----------------------------------------------------------------------------------
 
     async def commit(self, batch: BatchWrite) -> None:
@@ -245,44 +265,35 @@ class SqlStore:
         await self._check_epochs(conn, batch.epochs)
         if batch.users:
             await self._check_versions(conn, batch.users)
-            await conn.executemany(
-                "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
-                "updated_at = excluded.updated_at",
-                _encoded_users(batch.users, now),
-            )
+            await self._upsert_users(conn, _encoded_users(batch.users, now))
         if batch.actions:
+            # One row per partition: its actions in emission order (see store/packing.py).
+            documents: dict[PartitionId, list[bytes]] = {}
+            for (topic, part), action in batch.actions:
+                documents.setdefault((topic, part), []).append(action.to_json())
             await conn.executemany(
-                "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        action.action_id, topic, part, action.brand, action.user, action.rule_id,
-                        action.to_json(), now,
-                    )
-                    for (topic, part), action in batch.actions
-                ],
+                "INSERT INTO outbox (topic, part, actions, body, created_at) VALUES (?, ?, ?, ?, ?)",
+                [(topic, part, len(docs), pack_actions(docs), now) for (topic, part), docs in documents.items()],
             )
         if batch.history:
-            await conn.executemany(
-                "INSERT INTO history (brand, user_id, rule_id, event_id, event_type, event_time, outcome, "
-                "executions, reason, qualified_at, qualified_until, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (h.brand, h.user, h.rule_id, h.event_id, h.event_type, _iso(h.event_time), h.outcome,
-                     h.executions, h.reason, _iso(h.qualified_at), _iso(h.qualified_until), now)
-                    for h in batch.history
-                ],
+            # One row per batch: an entry carries no partition, and nothing reads history by partition.
+            await conn.execute(
+                "INSERT INTO history (entries, body, recorded_at) VALUES (?, ?, ?)",
+                len(batch.history), pack_history(batch.history), now,
             )
-        added = [(t, p, to_signed(d), seen) for (t, p), keys in batch.dedup_added.items() for d, seen in keys]
+        added = [
+            (topic, part, len(keys), max(seen for _, seen in keys), *pack_dedup(keys))
+            for (topic, part), keys in batch.dedup_added.items() if keys
+        ]
         if added:
             await conn.executemany(
-                "INSERT INTO dedup_keys (topic, part, digest, first_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (topic, part, digest) DO UPDATE SET first_seen = excluded.first_seen",
+                "INSERT INTO dedup_keys (topic, part, keys, newest, digests, seen) VALUES (?, ?, ?, ?, ?, ?)",
                 added,
             )
         if batch.dedup_horizon is not None and batch.epochs:
-            await self._delete_older(conn, "dedup_keys", "first_seen", list(batch.epochs), batch.dedup_horizon)
+            # Whole rows go once their newest key is past the horizon; acquire drops older keys of
+            # the rows kept (it is given the window's start).
+            await self._delete_older(conn, "dedup_keys", "newest", list(batch.epochs), batch.dedup_horizon)
         handled = [(t, p, key, batch.handled_at) for (t, p), keys in batch.handled_messages.items() for key in keys]
         if handled:
             await conn.executemany(
@@ -325,98 +336,98 @@ class SqlStore:
     # outbox ------------------------------------------------------------------------------------
 
     async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
+        if not partitions or limit <= 0:
+            return []
         async with self.connection() as conn:
             cursors = await self._cursors(conn, [sink])
-            after = {tp: cursors.get((sink, *tp), 0) for tp in partitions}
-            found = await self._scan_rows(conn, after, limit) if after else []
-            if found is None:
-                found, exact_until = [], None
-                for chunk in _chunks(partitions, self._PARTITION_CHUNK):
-                    rows, until = await self._next_rows(conn, [(tp, after[tp]) for tp in chunk], limit)
-                    found += rows
-                    if until is not None:
-                        exact_until = until if exact_until is None else min(exact_until, until)
+            after = [(tp, cursors.get((sink, *tp), _START)) for tp in partitions]
+            # First which rows (seq, partition, action count: small), then the bodies of the few
+            # that hold the next ``limit`` actions.
+            found: list[tuple[int, PartitionId, int, int]] = []
+            exact_until: int | None = None
+            for chunk in _chunks(after, self._PARTITION_CHUNK):
+                rows, until = await self._pending_rows(conn, chunk, limit)
+                found += rows
+                if until is not None:
+                    exact_until = until if exact_until is None else min(exact_until, until)
+            found.sort()
+            chosen: list[tuple[int, PartitionId, int, int]] = []  # seq, partition, first index, stop
+            total = 0
+            for seq, tp, count, start in found:
                 # Across chunks too, only the merge up to the lowest bound is in seq order.
-                found = sorted(row for row in found if exact_until is None or row[0] <= exact_until)
-        return [OutboxRow(seq, tp, Action.from_json(body)) for seq, tp, body in found[:limit]]
+                if total >= limit or (exact_until is not None and seq > exact_until):
+                    break
+                take = min(count - start, limit - total)
+                chosen.append((seq, tp, start, start + take))
+                total += take
+            bodies: dict[int, bytes] = {}
+            for seqs in _chunks([seq for seq, *_ in chosen], self._VERSION_CHUNK):
+                sql = f"SELECT seq, body FROM outbox WHERE seq IN ({_placeholders(len(seqs))})"
+                bodies.update((int(seq), bytes(body)) for seq, body in await conn.fetch(sql, *seqs))
+        pending = []
+        for seq, tp, start, stop in chosen:
+            if seq not in bodies:
+                break  # pruned meanwhile by another member: it was delivered, and what follows waits
+            documents = unpack_actions(bodies[seq])
+            pending += [OutboxRow(seq, tp, Action.from_json(documents[i]), i) for i in range(start, stop)]
+        return pending
 
-    async def _scan_rows(self, conn: Connection, after: dict[PartitionId, int],
-                         limit: int) -> list[tuple[int, PartitionId, bytes]] | None:
-        """The rows from the first pending one on, in seq order, keeping those of ``after``'s
-        partitions past their own cursor: exact, and the cheapest read while this member owns most
-        rows (one index range, no sort). ``None`` when other members' rows make up most of it."""
-        first = None
-        items = list(after.items())
-        for chunk in _chunks(items, self._PARTITION_CHUNK):
-            # Each MIN is one index seek; a partition without actions keeps its cursor at 0 and
-            # must not drag the scan back to the start of the table.
-            sql = "SELECT MIN(s) FROM (" + " UNION ALL ".join(
-                "SELECT MIN(seq) AS s FROM outbox WHERE topic = ? AND part = ? AND seq > ?" for _ in chunk
-            ) + ") AS firsts"
-            found = (await conn.fetch(sql, *(arg for (topic, part), seq in chunk for arg in (topic, part, seq))))[0][0]
-            if found is not None:
-                first = int(found) if first is None else min(first, int(found))
-        if first is None:
-            return []
-        rows = await conn.fetch(
-            "SELECT seq, topic, part, body FROM outbox WHERE seq >= ? ORDER BY seq LIMIT ?", first, limit
-        )
-        kept = []
-        for seq, topic, part, body in rows:
-            tp = (topic, int(part))
-            cursor = after.get(tp)
-            if cursor is not None and seq > cursor:
-                kept.append((int(seq), tp, bytes(body)))
-        # ``kept`` always holds the first pending row, so a scan of others' rows still progresses.
-        return kept if len(rows) < limit or len(kept) >= limit // 2 else None
+    async def _pending_rows(self, conn: Connection, cursors: Sequence[tuple[PartitionId, Cursor]],
+                            limit: int) -> tuple[list[tuple[int, PartitionId, int, int]], int | None]:
+        """``(seq, partition, actions, first pending index)`` of the first rows with pending actions
+        of each partition, in one round trip, and the seq up to which they are complete (``None``:
+        all of them are).
 
-    async def _next_rows(self, conn: Connection, cursors: list[tuple[PartitionId, int]],
-                         limit: int) -> tuple[list[tuple[int, PartitionId, bytes]], int | None]:
-        """The first rows by seq after each partition's cursor, in one round trip, and the seq up to
-        which they are complete (``None``: all of them are).
-
-        Reading ``limit`` rows of every partition to keep ``limit`` overall would read (and sort)
-        ``partitions`` times too much. Each partition gives at most ``share`` rows instead; the
-        merge is exact up to the lowest last seq of a partition that filled its share (beyond it
-        that partition may have rows not read), so the rows up to there are returned: never fewer
-        than ``share``, usually about ``limit``."""
+        Each partition gives at most ``share`` rows rather than ``limit`` (which would read
+        ``partitions`` times too much); the merge is exact up to the lowest last seq of a partition
+        that filled its share (beyond it that partition may have rows not read). One row more is
+        read than the share: the cursor's own row may be delivered in full already, and a share
+        of it alone would bound the merge below every pending row (no progress)."""
         share = min(limit, max(16, -(-2 * limit // len(cursors))))
         sql = " UNION ALL ".join(
-            f"SELECT * FROM (SELECT seq, topic, part, body FROM outbox WHERE topic = ? AND part = ? AND seq > ? "
-            f"ORDER BY seq LIMIT {share}) AS p{index}"
+            f"SELECT * FROM (SELECT seq, topic, part, actions FROM outbox WHERE topic = ? AND part = ? AND seq >= ? "
+            f"ORDER BY seq LIMIT {share + 1}) AS p{index}"
             for index in range(len(cursors))
-        ) + " ORDER BY seq"
-        rows = await conn.fetch(sql, *(arg for (topic, part), after in cursors for arg in (topic, part, after)))
-        merged = [(int(seq), (topic, int(part)), bytes(body)) for seq, topic, part, body in rows]
+        )
+        args = [arg for (topic, part), (seq, _) in cursors for arg in (topic, part, seq)]
+        position = dict(cursors)
+        found: list[tuple[int, PartitionId, int, int]] = []
         per_partition: dict[PartitionId, list[int]] = {}
-        for seq, tp, _ in merged:
-            per_partition.setdefault(tp, []).append(seq)
-        filled = [seqs[-1] for seqs in per_partition.values() if len(seqs) >= share]
+        for seq, topic, part, count in await conn.fetch(sql, *args):
+            tp = (topic, int(part))
+            cursor_seq, delivered = position[tp]
+            start = delivered if seq == cursor_seq else 0
+            per_partition.setdefault(tp, []).append(int(seq))
+            if start < count:
+                found.append((int(seq), tp, int(count), start))
+        filled = [seqs[-1] for seqs in per_partition.values() if len(seqs) > share]
         exact_until = min(filled, default=None)
-        exact = merged if exact_until is None else [row for row in merged if row[0] <= exact_until]
-        if len(exact) > limit:
-            exact = exact[:limit]
-            exact_until = exact[-1][0]
-        return exact, exact_until
+        return found, exact_until
 
-    async def _cursors(self, conn: Connection, sinks: Sequence[str]) -> dict[tuple[str, str, int], int]:
-        """(sink, topic, part) -> last delivered seq, for every partition these sinks delivered from."""
+    async def _cursors(self, conn: Connection, sinks: Sequence[str]) -> dict[tuple[str, str, int], Cursor]:
+        """(sink, topic, part) -> delivery position, for every partition these sinks delivered from."""
         rows = await conn.fetch(
-            f"SELECT sink, topic, part, last_seq FROM sink_cursors WHERE sink IN ({_placeholders(len(sinks))})",
+            "SELECT sink, topic, part, last_seq, next_index FROM sink_cursors "
+            f"WHERE sink IN ({_placeholders(len(sinks))})",
             *sinks,
         )
-        return {(sink, topic, int(part)): int(seq) for sink, topic, part, seq in rows}
+        return {(sink, topic, int(part)): (int(seq), int(index)) for sink, topic, part, seq, index in rows}
+
+    def _slowest(self, cursors: dict[tuple[str, str, int], Cursor], sinks: Sequence[str], tp: PartitionId) -> Cursor:
+        """The position every one of ``sinks`` has delivered up to in ``tp`` (no sinks: the start)."""
+        return min((cursors.get((sink, *tp), _START) for sink in sinks), default=_START)
 
     async def mark_delivered(self, sink: str, rows: Sequence[OutboxRow], epochs: dict[PartitionId, int]) -> None:
-        last: dict[PartitionId, int] = {}
+        last: dict[PartitionId, Cursor] = {}
         for row in rows:
-            last[row.partition] = max(last.get(row.partition, 0), row.seq)
+            last[row.partition] = max(last.get(row.partition, _START), (row.seq, row.index + 1))
         async with self.transaction() as conn:
             await self._check_epochs(conn, {tp: epochs[tp] for tp in last})
             await conn.executemany(
-                "INSERT INTO sink_cursors (sink, topic, part, last_seq) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (sink, topic, part) DO UPDATE SET last_seq = excluded.last_seq",
-                [(sink, t, p, seq) for (t, p), seq in last.items()],
+                "INSERT INTO sink_cursors (sink, topic, part, last_seq, next_index) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (sink, topic, part) DO UPDATE SET last_seq = excluded.last_seq, "
+                "next_index = excluded.next_index",
+                [(sink, t, p, seq, index) for (t, p), (seq, index) in last.items()],
             )
 
     async def outbox_backlog(self, sinks: Sequence[str], partitions: Sequence[PartitionId]) -> int:
@@ -426,11 +437,18 @@ class SqlStore:
         async with self.connection() as conn:
             cursors = await self._cursors(conn, sinks) if sinks else {}
             for chunk in _chunks(partitions, self._PARTITION_CHUNK):
-                # Counted from the slowest sink's cursor of each partition.
-                slowest = [min((cursors.get((sink, *tp), 0) for sink in sinks), default=0) for tp in chunk]
-                args = [arg for tp, after in zip(chunk, slowest, strict=True) for arg in (*tp, after)]
-                sql = f"SELECT COUNT(*) FROM outbox WHERE {_each_partition(len(chunk), ' AND seq > ?')}"
-                backlog += int((await conn.fetch(sql, *args))[0][0])
+                # Counted from the slowest sink's cursor of each partition: the rows from its row on,
+                # less what was delivered of that row.
+                sql = "SELECT SUM(n) FROM (" + " UNION ALL ".join(
+                    "SELECT SUM(CASE WHEN seq = ? THEN actions - ? ELSE actions END) AS n FROM outbox "
+                    "WHERE topic = ? AND part = ? AND seq >= ?"
+                    for _ in chunk
+                ) + ") AS partitions"
+                args = []
+                for tp in chunk:
+                    seq, delivered = self._slowest(cursors, sinks, tp)
+                    args += [seq, delivered, *tp, seq]
+                backlog += int((await conn.fetch(sql, *args))[0][0] or 0)
         return backlog
 
     async def prune_outbox(
@@ -442,62 +460,91 @@ class SqlStore:
         async with self.transaction() as conn:
             cursors = await self._cursors(conn, sinks)
             for topic, part in sorted(partitions):
-                delivered = min(cursors.get((sink, topic, part), 0) for sink in sinks)
-                if delivered:
-                    deleted += await conn.execute_count(
-                        "DELETE FROM outbox WHERE topic = ? AND part = ? AND seq <= ? AND created_at < ?",
-                        topic, part, delivered, _iso(committed_before),
+                seq, delivered = self._slowest(cursors, sinks, (topic, part))
+                if seq:
+                    # Whole rows only: those before the cursor's row, and that row once delivered in full.
+                    rows = await conn.fetch(
+                        "DELETE FROM outbox WHERE topic = ? AND part = ? AND seq <= ? AND (seq < ? OR actions <= ?) "
+                        "AND created_at < ? RETURNING actions",
+                        topic, part, seq, seq, delivered, _iso(committed_before),
                     )
+                    deleted += sum(int(n) for (n,) in rows)
         return deleted
 
     # history -----------------------------------------------------------------------------------
 
     async def prune_history(self, recorded_before: datetime, limit: int) -> int:
         async with self.transaction() as conn:
-            oldest = (await conn.fetch("SELECT MIN(seq) FROM history"))[0][0]
-            if oldest is None:
+            # A range of rows from the oldest, holding about ``limit`` entries, not "recorded_at < ?"
+            # alone: recorded_at has no index, so that alone would walk the whole table to find,
+            # most of the time, nothing. Rows are numbered as they are written, so the range holds
+            # the oldest; a row stamped late by a member whose clock ran ahead holds the range back
+            # by that skew, no more.
+            oldest = await conn.fetch("SELECT seq, entries FROM history ORDER BY seq LIMIT ?", max(1, limit))
+            if not oldest:
                 return 0
-            # A range of seqs from the oldest row, not "recorded_at < ?" alone: recorded_at has no
-            # index (it would cost one more entry per row written), so that alone would walk the
-            # whole table to find, most of the time, nothing. Rows are numbered as they are written,
-            # so the range holds the oldest; a row stamped late by a member whose clock ran ahead
-            # holds the range back by that skew, no more.
-            return await conn.execute_count(
-                "DELETE FROM history WHERE seq < ? AND recorded_at < ?", int(oldest) + limit, _iso(recorded_before)
+            total, last = 0, int(oldest[0][0])
+            for seq, entries in oldest:
+                if total and total + int(entries) > limit:
+                    break
+                total += int(entries)
+                last = int(seq)
+            rows = await conn.fetch(
+                "DELETE FROM history WHERE seq >= ? AND seq <= ? AND recorded_at < ? RETURNING entries",
+                int(oldest[0][0]), last, _iso(recorded_before),
             )
+        return sum(int(n) for (n,) in rows)
 
     # inspection --------------------------------------------------------------------------------
 
+    _HISTORY_PAGE = 64  # history rows (batches) read per query
+
     async def history(self, *, brand: str | None = None, user: str | None = None, rule: str | None = None,
                       limit: int = 1000) -> list[HistoryEntry]:
-        clauses, args = [], []
-        for column, value in (("brand", brand), ("user_id", user), ("rule_id", rule)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        wanted = [(field, value) for field, value in ((0, brand), (1, user), (2, rule)) if value is not None]
+        # A batch without the value's bytes anywhere holds no matching entry: skipped undecoded.
+        needles = [needle for _, value in wanted if (needle := _needle(value)) is not None]
+        found: list[HistoryEntry] = []
+        after = -1
         async with self.connection() as conn:
-            rows = await conn.fetch(
-                "SELECT brand, user_id, rule_id, event_id, event_type, event_time, outcome, executions, reason, "
-                f"qualified_at, qualified_until FROM history {where} ORDER BY seq LIMIT ?",
-                *args, limit,
-            )
-        return [
-            HistoryEntry(
-                brand=r[0], user=r[1], rule_id=r[2], event_id=r[3], event_type=r[4],
-                event_time=datetime.fromisoformat(r[5]),  # NOT NULL: every history row has its event's time
-                outcome=r[6], executions=int(r[7]), reason=r[8], qualified_at=_dt(r[9]), qualified_until=_dt(r[10]),
-            )
-            for r in rows
-        ]
+            while len(found) < limit:
+                rows = await conn.fetch("SELECT seq, body FROM history WHERE seq > ? ORDER BY seq LIMIT ?",
+                                        after, self._HISTORY_PAGE)
+                for seq, body in rows:
+                    after = int(seq)
+                    blob = bytes(body)
+                    if any(needle not in blob for needle in needles):
+                        continue
+                    found += [history_entry(fields) for fields in history_fields(blob)
+                              if all(fields[index] == value for index, value in wanted)]
+                if len(rows) < self._HISTORY_PAGE:
+                    break
+        return found[:limit]
 
     async def all_actions(self) -> list[Action]:
         async with self.connection() as conn:
             rows = await conn.fetch("SELECT body FROM outbox ORDER BY seq")
-        return [Action.from_json(bytes(r[0])) for r in rows]
+        return [Action.from_json(document) for (body,) in rows for document in unpack_actions(bytes(body))]
 
     async def all_users(self) -> list[UserState]:
         async with self.connection() as conn:
             rows = await conn.fetch("SELECT state FROM users ORDER BY brand, user_id")
         return [UserState.from_json(bytes(r[0])) for r in rows]
 
+
+
+def _dedup_window(packed: Sequence[tuple[Any, ...]], since: float) -> list[tuple[int, float]]:
+    """The dedup keys of a partition's rows (oldest row first) first seen at or after ``since``,
+    oldest first. A digest written again by a later batch takes that batch's time."""
+    latest: dict[int, float] = {}
+    for digests, seen in packed:
+        latest.update(unpack_dedup(bytes(digests), bytes(seen)))
+    return sorted(((d, t) for d, t in latest.items() if t >= since), key=lambda key: key[1])
+
+
+def _needle(value: str) -> bytes | None:
+    """Bytes every JSON encoding of ``value`` contains (its UTF-8), unless it holds characters JSON
+    escapes (then ``None``: no prefilter)."""
+    if any(ch in '"\\' or ord(ch) < 0x20 for ch in value):
+        return None
+    return value.encode()

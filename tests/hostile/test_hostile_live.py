@@ -88,8 +88,9 @@ class StoreReader:
 
     def undelivered(self) -> int:
         return int(self.fetch(
-            "SELECT COUNT(*) FROM outbox o LEFT JOIN sink_cursors c "
-            "ON c.sink = ? AND c.topic = o.topic AND c.part = o.part WHERE o.seq > COALESCE(c.last_seq, 0)",
+            "SELECT COALESCE(SUM(CASE WHEN c.last_seq IS NULL OR o.seq > c.last_seq THEN o.actions "
+            "WHEN o.seq = c.last_seq THEN o.actions - c.next_index ELSE 0 END), 0) FROM outbox o "
+            "LEFT JOIN sink_cursors c ON c.sink = ? AND c.topic = o.topic AND c.part = o.part",
             SINK,
         )[0][0])
 

@@ -71,10 +71,11 @@ class StoreReader:
         return {(t, int(p)): int(o) for t, p, o in self.fetch("SELECT topic, part, next_offset FROM source_offsets")}
 
     def undelivered(self, sink: str) -> int:
-        """Outbox rows past the sink's cursor, over every partition."""
+        """Actions past the sink's cursor, over every partition."""
         return int(self.fetch(
-            "SELECT COUNT(*) FROM outbox o LEFT JOIN sink_cursors c "
-            "ON c.sink = ? AND c.topic = o.topic AND c.part = o.part WHERE o.seq > COALESCE(c.last_seq, 0)",
+            "SELECT COALESCE(SUM(CASE WHEN c.last_seq IS NULL OR o.seq > c.last_seq THEN o.actions "
+            "WHEN o.seq = c.last_seq THEN o.actions - c.next_index ELSE 0 END), 0) FROM outbox o "
+            "LEFT JOIN sink_cursors c ON c.sink = ? AND c.topic = o.topic AND c.part = o.part",
             sink,
         )[0][0])
 

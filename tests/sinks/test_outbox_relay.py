@@ -84,8 +84,9 @@ async def outbox_by_partition(store: Any) -> dict[tuple[str, int], list[str]]:
     async with store.connection() as conn:
         rows = await conn.fetch("SELECT topic, part, body FROM outbox ORDER BY seq")
     order: dict[tuple[str, int], list[str]] = {}
-    for topic, part, body in rows:
-        order.setdefault((topic, int(part)), []).append(orjson.loads(bytes(body))["action_id"])
+    for topic, part, body in rows:  # a row per partition per batch: its actions as JSON lines
+        order.setdefault((topic, int(part)), []).extend(
+            orjson.loads(line)["action_id"] for line in bytes(body).split(b"\n"))
     return order
 
 

@@ -13,35 +13,45 @@ from pathlib import Path
 import orjson
 import pytest
 
+from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.service import Service
+from smartico_stream.store.packing import history_fields, pack_history
 from smartico_stream.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.kafka
 
-OLD_ROWS = 12_000  # more than the service deletes per turn of its loop (5,000)
+OLD_ROWS = 12_000  # entries: more than the service deletes per turn of its loop (about 5,000)
 YOUNG_ROWS = 3
+PER_BATCH = 100  # entries per stored history row (one row per batch)
+
+
+def entry(n: int) -> HistoryEntry:
+    return HistoryEntry(brand="b1", user=f"u{n % 50}", rule_id="r1", event_id=f"ev-{n}", event_type="deposit",
+                        event_time=datetime(2026, 1, 1, tzinfo=UTC), outcome="executed", executions=1)
 
 
 def fill_history(path: Path) -> None:
-    """A store whose history holds OLD_ROWS rows recorded 40 days ago, then YOUNG_ROWS recorded now."""
+    """A store whose history holds OLD_ROWS entries recorded 40 days ago (in batches of PER_BATCH),
+    then YOUNG_ROWS recorded now."""
     async def migrate() -> None:
         store = SqliteStore(path)
         await store.open()
         await store.close()
 
     asyncio.run(migrate())
-    recorded = [datetime.now(UTC) - timedelta(days=40)] * OLD_ROWS + [datetime.now(UTC)] * YOUNG_ROWS
+    old = (datetime.now(UTC) - timedelta(days=40)).isoformat(timespec="milliseconds")
+    batches = [(PER_BATCH, pack_history(entry(n) for n in range(start, start + PER_BATCH)), old)
+               for start in range(0, OLD_ROWS, PER_BATCH)]
+    young = pack_history(entry(n) for n in range(OLD_ROWS, OLD_ROWS + YOUNG_ROWS))
+    batches.append((YOUNG_ROWS, young, datetime.now(UTC).isoformat(timespec="milliseconds")))
     with sqlite3.connect(path) as db:
-        db.executemany(
-            "INSERT INTO history (brand, user_id, rule_id, event_id, event_type, event_time, outcome, executions, "
-            "recorded_at) VALUES ('b1', ?, 'r1', ?, 'deposit', '2026-01-01T00:00:00.000+00:00', 'executed', 1, ?)",
-            [(f"u{n % 50}", f"ev-{n}", at.isoformat(timespec="milliseconds")) for n, at in enumerate(recorded)],
-        )
+        db.executemany("INSERT INTO history (entries, body, recorded_at) VALUES (?, ?, ?)", batches)
 
 
 def history_rows(path: Path) -> list[str]:
     with sqlite3.connect(path) as db:
-        return [event for (event,) in db.execute("SELECT event_id FROM history ORDER BY seq")]
+        return [fields[3] for (body,) in db.execute("SELECT body FROM history ORDER BY seq")
+                for fields in history_fields(body)]
 
 
 def deposit() -> bytes:

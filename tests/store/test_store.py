@@ -5,7 +5,9 @@ What is proven: migrations are applied once and are idempotent on reopen; a batc
 history, dedup keys, offsets) is written all or nothing; acquire bumps the epoch (fencing the former
 owner) and returns the stored offset and the dedup keys still inside the window; a stale epoch is
 fenced and writes nothing; user versions are checked optimistically; the outbox migration keeps every seq;
-sink cursors are per sink and partition, rows come in seq order; the backlog counts what the slowest
+migration 4 packs a previous store (a row per item) into rows per partition per batch without loss, and
+the relay then delivers its pending actions once; sink cursors are per sink and partition over (row,
+action index), actions come in (seq, index) order; the backlog counts what the slowest
 sink still owes; history filters by user and rule. PostgreSQL only: concurrent members racing for
 the same partitions and users behave as the protocol promises (FencedError / ConflictError, never a
 deadlock error, never a lost update).
@@ -27,8 +29,11 @@ import pytest_asyncio
 from smartico_stream.engine.actions import Action, ActionKind
 from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import RuleProgress, UserState
+from smartico_stream.observability.metrics import Metrics
+from smartico_stream.sinks.relay import OutboxRelay
 from smartico_stream.store import BatchWrite, FencedError, OutboxRow, QueuedAction
 from smartico_stream.store.base import ConflictError
+from smartico_stream.store.packing import unpack_dedup
 from smartico_stream.store.postgres import PostgresStore
 from smartico_stream.store.schema import LATEST_VERSION, STATE_MIGRATIONS
 from smartico_stream.store.sqlite import SqliteStore
@@ -170,12 +175,19 @@ async def snapshot(store: Any) -> dict[str, Any]:
         "users": [(u.user, u.to_json()) for u in await store.all_users()],
         "versions": await rows(store, "SELECT brand, user_id, version FROM users ORDER BY brand, user_id"),
         "actions": [a.action_id for a in await store.all_actions()],
-        "history": await rows(store, "SELECT user_id, rule_id, event_id FROM history ORDER BY seq"),
-        "dedup": await rows(store, "SELECT topic, part, digest, first_seen FROM dedup_keys "
-                                   "ORDER BY topic, part, digest"),
+        "history": await store.history(),
+        "dedup": await dedup_rows(store),
         "offsets": await rows(store, "SELECT topic, part, next_offset FROM source_offsets ORDER BY topic, part"),
-        "cursors": await rows(store, "SELECT sink, topic, part, last_seq FROM sink_cursors ORDER BY sink, topic, part"),
+        "cursors": await rows(store, "SELECT sink, topic, part, last_seq, next_index FROM sink_cursors "
+                                     "ORDER BY sink, topic, part"),
     }
+
+
+async def dedup_rows(store: Any) -> list[tuple[str, int, list[tuple[int, float]]]]:
+    """The stored dedup rows, unpacked: (topic, part, keys), in write order."""
+    return [(topic, int(part), unpack_dedup(bytes(digests), bytes(seen)))
+            for topic, part, digests, seen in await rows(store, "SELECT topic, part, digests, seen FROM dedup_keys "
+                                                                "ORDER BY seq")]
 
 
 # -- migrations -------------------------------------------------------------------------------------
@@ -213,21 +225,25 @@ async def test_migration_3_drops_the_action_id_index_and_never_reuses_a_seq(back
     mark survive, so the next action's seq is past every cursor; action ids are no longer indexed."""
     old = backend.new()
     await old.db.open(STATE_MIGRATIONS[:2])
-    epochs = await epochs_for(old, P0, P1)
-    await old.commit(BatchWrite(epochs=epochs, actions=queued(P1, action(0), action(1))))  # seq 1, 2: pending
-    await old.commit(BatchWrite(epochs=epochs, actions=queued(P0, action(2), action(3))))  # seq 3, 4: delivered
-    await old.mark_delivered("s", await old.pending_actions("s", [P0], 100), epochs)
-    assert await old.prune_outbox(["s"], [P0], datetime.now(UTC) + timedelta(seconds=5)) == 2  # seq 4 is gone
+    # Written as that release wrote them: one row per action.
+    await old_outbox(old, [(P1, action(0)), (P1, action(1))])  # seq 1, 2: pending
+    await old_outbox(old, [(P0, action(2)), (P0, action(3))])  # seq 3, 4: delivered and pruned
+    async with old.transaction() as conn:
+        await conn.execute("INSERT INTO sink_cursors (sink, topic, part, last_seq) VALUES ('s', ?, ?, 4)", *P0)
+        await conn.execute("DELETE FROM outbox WHERE seq >= 3")
     await old.close()
 
     store = await backend.open()
-    assert [v for (v,) in await rows(store, "SELECT version FROM schema_migrations ORDER BY version")] == [1, 2, 3]
+    versions = [v for (v,) in await rows(store, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, LATEST_VERSION + 1))
     epochs = await epochs_for(store, P0, P1)
     # The same id twice is kept twice: nothing in the engine writes one twice, and receivers
-    # deduplicate by id (docs/sinks.md).
+    # deduplicate by id (docs/sinks.md). Since migration 4 both are one row of their partition.
     await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, action(4), action(4))))
     pending = await store.pending_actions("s", [P0, P1], 100)
-    assert [(r.seq, r.action.event_id) for r in pending] == [(1, "ev-0"), (2, "ev-1"), (5, "ev-4"), (6, "ev-4")]
+    assert [(r.seq, r.index, r.action.event_id) for r in pending] == [
+        (1, 0, "ev-0"), (2, 0, "ev-1"), (5, 0, "ev-4"), (5, 1, "ev-4")
+    ]
     if backend.kind == "sqlite":
         indexes = [name for _, name, *_ in await rows(store, "PRAGMA index_list(outbox)")]
     else:
@@ -235,6 +251,111 @@ async def test_migration_3_drops_the_action_id_index_and_never_reuses_a_seq(back
             store, "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = 'outbox'", backend.schema)]
     expected = ["outbox_partition"] if backend.kind == "sqlite" else ["outbox_partition", "outbox_pkey"]
     assert sorted(indexes) == expected
+
+
+async def old_outbox(store: Any, actions: list[tuple[tuple[str, int], Action]]) -> None:
+    """Outbox rows as schema versions 1 to 3 held them: one per action."""
+    async with store.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO outbox (action_id, topic, part, brand, user_id, rule_id, body, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(a.action_id, t, p, a.brand, a.user, a.rule_id, a.to_json(), "2024-03-01T12:00:00.000+00:00")
+             for (t, p), a in actions],
+        )
+
+
+class RecordingSink:
+    """A sink double (implements ActionSink): what it acknowledged, in order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.received: list[Action] = []
+
+    async def deliver(self, actions: Any) -> None:
+        self.received.extend(actions)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_migration_4_packs_a_previous_store_and_the_relay_delivers_its_pending_actions_once(
+    backend: Backend,
+) -> None:
+    """A store of the previous release (schema version 3: a row per action, history entry and dedup
+    key) is upgraded to one row per partition per batch without loss: every action still pending
+    for a sink is delivered to it exactly once by the relay (and nothing it already had), history
+    reads and filters as before, the dedup window and offsets come back, users are untouched."""
+    old = backend.new()
+    await old.db.open(STATE_MIGRATIONS[:3])
+    await old_outbox(old, [(P0, action(0)), (P0, action(1)), (P1, action(2, user="u2")), (P1, action(3, user="u2")),
+                           (P0, action(4))])  # seq 1..5
+    entries = [history(1), history(2, user="u2", outcome="skipped"), history(3, rule="qual"),
+               history(4, brand="b2", user='we"ird\\one')]
+    big = (1 << 63) + 99
+    async with old.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO sink_cursors (sink, topic, part, last_seq) VALUES (?, ?, ?, ?)",
+            [("s", *P0, 1), ("t", *P0, 5), ("t", *P1, 3)],
+        )
+        await conn.executemany(
+            "INSERT INTO history (brand, user_id, rule_id, event_id, event_type, event_time, outcome, executions, "
+            "reason, qualified_at, qualified_until, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(h.brand, h.user, h.rule_id, h.event_id, h.event_type, iso(h.event_time), h.outcome, h.executions,
+              h.reason, iso(h.qualified_at), iso(h.qualified_until), "2024-03-01T12:00:00.000+00:00")
+             for h in entries],
+        )
+        await conn.executemany(
+            "INSERT INTO dedup_keys (topic, part, digest, first_seen) VALUES (?, ?, ?, ?)",
+            [(*P0, 11, 100.0), (*P0, big - (1 << 64), 200.5), (*P1, 7, 150.0)],
+        )
+        await conn.executemany(
+            "INSERT INTO partition_leases (topic, part, owner, epoch, acquired_at) VALUES (?, ?, 'old', 1, '')",
+            [P0, P1],
+        )
+        await conn.execute("INSERT INTO source_offsets (topic, part, next_offset) VALUES (?, ?, 42)", *P0)
+        await conn.execute("INSERT INTO users (brand, user_id, state, version, updated_at) "
+                           "VALUES ('b1', 'u1', ?, 3, '')", user("u1", 5).to_json())
+    await old.close()
+
+    store = await backend.open()
+    versions = [v for (v,) in await rows(store, "SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == list(range(1, LATEST_VERSION + 1))
+    assert await counts(store) == {**dict.fromkeys(TABLES, 0), "outbox": 5, "sink_cursors": 3, "history": 4,
+                                   "dedup_keys": 2, "source_offsets": 1, "partition_leases": 2, "users": 1}
+    assert await store.history() == entries
+    assert await store.history(user="u2") == [entries[1]]
+    assert await store.history(user='we"ird\\one') == [entries[3]]
+    assert await store.history(brand="b1", rule="qual") == [entries[2]]
+    assert jsons(await store.all_actions()) == jsons([action(0), action(1), action(2, user="u2"),
+                                                       action(3, user="u2"), action(4)])
+    assert await store.outbox_backlog(["s"], [P0, P1]) == 4
+    assert await store.outbox_backlog(["t"], [P0, P1]) == 1
+    assert await store.outbox_backlog(["s", "t"], [P0, P1]) == 4
+    loaded = await store.load_users([("b1", "u1")])
+    assert loaded[("b1", "u1")].version == 3 and loaded[("b1", "u1")].points == Decimal(5)
+
+    leases = await store.acquire([P0, P1], "new", dedup_since=0.0)
+    assert leases[P0].dedup_keys == [(11, 100.0), (big, 200.5)]
+    assert leases[P1].dedup_keys == [(7, 150.0)]
+    assert (leases[P0].epoch, leases[P0].next_offset) == (2, 42)
+    epochs = {tp: lease.epoch for tp, lease in leases.items()}
+    await store.commit(BatchWrite(epochs=epochs, actions=queued(P1, action(5, user="u2"), action(6, user="u2"))))
+
+    s, t = RecordingSink("s"), RecordingSink("t")
+    relay = OutboxRelay(store, [s, t], lambda: dict(epochs), Metrics(), batch_size=2)
+    assert await relay.drain(10.0)
+    assert await relay.drain(10.0)  # nothing more: each action once
+    assert [a.event_id for a in s.received] == ["ev-1", "ev-2", "ev-3", "ev-4", "ev-5", "ev-6"]
+    assert [a.event_id for a in t.received] == ["ev-3", "ev-5", "ev-6"]
+    assert await store.outbox_backlog(["s", "t"], [P0, P1]) == 0
+    assert await relay.prune() == 5  # the migrated rows, written in 2024; the new one is too young
+    assert await store.prune_outbox(["s", "t"], [P0, P1], datetime.now(UTC) + timedelta(seconds=5)) == 2
+    assert await counts(store) == {**dict.fromkeys(TABLES, 0), "sink_cursors": 4, "history": 4, "dedup_keys": 2,
+                                   "source_offsets": 1, "partition_leases": 2, "users": 1}
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="milliseconds") if moment else None
 
 
 async def test_two_postgres_members_opening_a_fresh_schema_together_both_start(pg: Backend) -> None:
@@ -367,14 +488,29 @@ async def test_acquire_bumps_the_epoch_and_returns_the_stored_offset_and_the_rec
 async def test_the_dedup_horizon_deletes_old_keys_of_the_written_partitions_only(store: Any) -> None:
     epochs = await epochs_for(store, P0, P2)
     await store.commit(BatchWrite(epochs=epochs, dedup_added={P0: [(1, 10.0), (2, 20.0), (3, 30.0)], P2: [(4, 10.0)]}))
-    # A batch for P0 only, with a horizon of 25: P0's keys older than 25 go, P2's stay.
+    await store.commit(BatchWrite(epochs=epochs, dedup_added={P0: [(6, 15.0)]}))
+    # A batch for P0 only, with a horizon of 25: P0's rows whose every key is older than 25 go (the
+    # row of key 6), the one holding key 3 stays whole; P2's stay.
     await store.commit(BatchWrite(epochs={P0: epochs[P0]}, offsets={P0: 5}, dedup_added={P0: [(5, 40.0)]},
                                   dedup_horizon=25.0))
-    assert await rows(store, "SELECT topic, part, digest FROM dedup_keys ORDER BY topic, part, digest") == [
-        ("casino", 2, 4), ("payments", 0, 3), ("payments", 0, 5)
+    assert [(topic, part, [d for d, _ in keys]) for topic, part, keys in await dedup_rows(store)] == [
+        ("payments", 0, [1, 2, 3]), ("casino", 2, [4]), ("payments", 0, [5])
     ]
-    leases = await store.acquire([P0], "me", dedup_since=0.0)
+    # Acquire is given the window's start: keys before it are not returned.
+    leases = await store.acquire([P0], "me", dedup_since=25.0)
     assert leases[P0].dedup_keys == [(3, 30.0), (5, 40.0)]
+    leases = await store.acquire([P0], "me", dedup_since=0.0)
+    assert leases[P0].dedup_keys == [(1, 10.0), (2, 20.0), (3, 30.0), (5, 40.0)]
+
+
+async def test_a_digest_seen_again_takes_its_latest_time_and_rows_pack_whole_windows(store: Any) -> None:
+    epochs = await epochs_for(store, P0)
+    window = [(d * 7919 % (1 << 64), 1000.0 + d / 8) for d in range(5000)]
+    await store.commit(BatchWrite(epochs=epochs, dedup_added={P0: window}))
+    await store.commit(BatchWrite(epochs=epochs, dedup_added={P0: [(window[0][0], 5000.0)]}))
+    assert [len(keys) for _, _, keys in await dedup_rows(store)] == [5000, 1]  # one row per partition per batch
+    leases = await store.acquire([P0], "me", dedup_since=0.0)
+    assert leases[P0].dedup_keys == [*window[1:], (window[0][0], 5000.0)]
 
 
 async def test_a_stale_epoch_is_fenced_and_writes_nothing(backend: Backend) -> None:
@@ -413,9 +549,12 @@ async def test_fencing_and_the_dedup_horizon_cover_batches_over_many_partitions(
     await old_owner.commit(BatchWrite(epochs=old, dedup_added={tp: [(tp[1], 10.0), (1000 + tp[1], 30.0)]
                                                              for tp in partitions}))
     await old_owner.commit(BatchWrite(epochs=old, offsets=dict.fromkeys(partitions, 1), dedup_horizon=20.0))
-    assert await rows(old_owner, "SELECT part, digest FROM dedup_keys ORDER BY part") == [
-        (p, 1000 + p) for _, p in partitions
+    # Nothing went: each partition's row holds a key inside the window.
+    assert sorted((part, [d for d, _ in keys]) for _, part, keys in await dedup_rows(old_owner)) == [
+        (p, [p, 1000 + p]) for _, p in partitions
     ]
+    await old_owner.commit(BatchWrite(epochs=old, offsets=dict.fromkeys(partitions, 1), dedup_horizon=31.0))
+    assert await dedup_rows(old_owner) == []  # every partition's row was past the horizon
     last = partitions[-1]
     await epochs_for(new_owner, last, owner="new")
     before = await snapshot(new_owner)
@@ -489,14 +628,17 @@ async def test_pending_actions_and_cursors_are_per_sink_and_partition_in_seq_ord
     await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, action(5)) + queued(P2, action(6))))
     partition_of = {0: P0, 1: P1, 2: P0, 3: P2, 4: P1, 5: P0, 6: P2}
 
+    # One row per partition per batch: a batch's partitions follow each other, each in its own order.
     everything = await store.pending_actions("a", [P0, P1, P2], 100)
-    assert [r.action.event_id for r in everything] == [f"ev-{i}" for i in range(7)]
-    assert [r.seq for r in everything] == sorted(r.seq for r in everything)
+    assert [r.action.event_id for r in everything] == ["ev-0", "ev-2", "ev-1", "ev-3", "ev-4", "ev-5", "ev-6"]
+    assert [(r.seq, r.index) for r in everything] == sorted((r.seq, r.index) for r in everything)
+    assert [r.index for r in everything] == [0, 1, 0, 0, 0, 0, 0]
+    assert len({r.seq for r in everything}) == 6
     assert all(r.partition == partition_of[int(r.action.event_id[3:])] for r in everything)
     assert [r.action.event_id for r in await store.pending_actions("a", [P1], 100)] == ["ev-1", "ev-4"]
 
     limited = await store.pending_actions("a", [P0, P1, P2], 4)
-    assert [r.action.event_id for r in limited] == ["ev-0", "ev-1", "ev-2", "ev-3"]
+    assert [r.action.event_id for r in limited] == ["ev-0", "ev-2", "ev-1", "ev-3"]
     await store.mark_delivered("a", limited, epochs)
     assert [r.action.event_id for r in await store.pending_actions("a", [P0, P1, P2], 100)] == ["ev-4", "ev-5", "ev-6"]
     assert await store.outbox_backlog(["a"], [P0, P1, P2]) == 3
@@ -513,12 +655,36 @@ async def test_pending_actions_and_cursors_are_per_sink_and_partition_in_seq_ord
     await store.mark_delivered("b", b_rows, epochs)
     assert await store.outbox_backlog(["a", "b"], [P0, P1, P2]) == 5
     assert await store.outbox_backlog([], [P0]) == 3  # no sink: every row of the partition counts
-    # Cursors per sink and partition, at the last delivered seq.
+    # Cursors per sink and partition, at the last delivered row and how much of it was delivered.
     seq_of = {r.action.event_id: r.seq for r in everything}
-    assert await rows(store, "SELECT sink, topic, part, last_seq FROM sink_cursors ORDER BY sink, topic, part") == [
-        ("a", "casino", 2, seq_of["ev-6"]), ("a", "payments", 0, seq_of["ev-5"]), ("a", "payments", 1, seq_of["ev-4"]),
-        ("b", "casino", 2, seq_of["ev-6"]),
+    assert await rows(store, "SELECT sink, topic, part, last_seq, next_index FROM sink_cursors "
+                             "ORDER BY sink, topic, part") == [
+        ("a", "casino", 2, seq_of["ev-6"], 1), ("a", "payments", 0, seq_of["ev-5"], 1),
+        ("a", "payments", 1, seq_of["ev-4"], 1), ("b", "casino", 2, seq_of["ev-6"], 1),
     ]
+
+
+async def test_a_batch_row_is_delivered_in_parts_and_pruned_once_delivered_in_full(store: Any) -> None:
+    epochs = await epochs_for(store, P0, P1)
+    await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, *(action(i) for i in range(10)))
+                                  + queued(P1, action(10))))
+    await store.commit(BatchWrite(epochs=epochs, actions=queued(P0, action(11))))
+    assert await rows(store, "SELECT part, actions FROM outbox ORDER BY seq") == [(0, 10), (1, 1), (0, 1)]
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    got = []
+    while part := await store.pending_actions("a", [P0, P1], 3):
+        assert len(part) <= 3
+        got += part
+        await store.mark_delivered("a", part, epochs)
+        # The row of ten stays until its last action is delivered; the backlog counts what is left.
+        assert await store.outbox_backlog(["a"], [P0, P1]) == 12 - len(got)
+        if len(got) < 10:
+            assert await store.prune_outbox(["a"], [P0, P1], later) == 0
+    assert [r.action.event_id for r in got] == [f"ev-{i}" for i in range(12)]
+    assert [r.index for r in got] == [*range(10), 0, 0]
+    assert await store.prune_outbox(["a"], [P0, P1], later) == 12  # the three rows, by the actions they held
+    assert await store.all_actions() == []
+    assert await store.pending_actions("a", [P0, P1], 10) == []
 
 
 @pytest.mark.parametrize("partitions_per_query", [64, 1])
@@ -611,7 +777,8 @@ async def test_history_filters_by_brand_user_and_rule(store: Any) -> None:
 async def test_prune_history_deletes_from_the_oldest_what_was_recorded_before_the_horizon(store: Any) -> None:
     epochs = await epochs_for(store, P0)
     entries = [history(n) for n in range(6)]
-    await store.commit(BatchWrite(epochs=epochs, history=entries))
+    for entry in entries:  # a row per batch: six batches
+        await store.commit(BatchWrite(epochs=epochs, history=[entry]))
     # Rows 1-4 (seq order) were recorded 40 days ago; row 0 by a member whose clock ran a day ahead.
     old, ahead = (datetime.now(UTC) - timedelta(days=d) for d in (40, -1))
     seqs = [seq for (seq,) in await rows(store, "SELECT seq FROM history ORDER BY seq")]
@@ -622,8 +789,8 @@ async def test_prune_history_deletes_from_the_oldest_what_was_recorded_before_th
                            ahead.isoformat(timespec="milliseconds"), seqs[0])
     horizon = datetime.now(UTC) - timedelta(days=30)
 
-    # At most `limit` seqs from the oldest row per call: the row stamped ahead is kept, and stays the
-    # start of the range.
+    # About `limit` entries' rows from the oldest row per call: the row stamped ahead is kept, and
+    # stays the start of the range.
     assert await store.prune_history(horizon, limit=3) == 2
     assert await store.history() == [entries[0], entries[3], entries[4], entries[5]]
     assert await store.prune_history(horizon, limit=100) == 2
