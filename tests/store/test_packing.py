@@ -80,9 +80,9 @@ def test_history_text_json_cannot_hold_is_an_encoding_error() -> None:
 
 
 def _action(n: int) -> Action:
-    return Action(action_id=f"b1/ev-{n}/r1/1/0", rule_id="r1", action=ActionKind.GIVE_POINTS,
+    return Action(action_id=f"b1/ev-{n}/r1/0", rule_id="r1", action=ActionKind.GIVE_POINTS,
                   params={"amount": Decimal(1)}, brand="b1", user="u1", event_id=f"ev-{n}", event_type="deposit",
-                  event_time=T0, execution=1)
+                  event_time=T0, executions=1)
 
 
 # Batches: each a list of partition indexes, one per action, in emission order.
