@@ -5,7 +5,7 @@ helpers that tests import directly from ``tests.support``.
   SMARTICO_STREAM_TEST_KAFKA_BROKERS), ``make_settings``, ``producer``, ``broker``
 - tests/fixtures/service.py: ``recording_engine``, ``run_service``, ``eventually``, ``scrape``
 - tests/fixtures/crash.py: ``processes`` (service subprocesses, killed at teardown)
-- tests/fixtures/postgres.py: ``postgres_dsn``, ``postgres_schema``
+- tests/fixtures/postgres.py: ``postgres_dsn``, ``postgres_schema``, ``sql_store`` (each store kind, opened)
 - tests/fixtures/rabbitmq.py: ``rabbitmq``, and how tests share the one broker under xdist
 """
 

@@ -38,6 +38,7 @@ class MetricsObserver(BaseObserver):
             m.rule_outcomes.labels(outcome).inc(count)
         if report.dedup_evicted:
             m.dedup_evictions.inc(report.dedup_evicted)
-        m.store_commit_seconds.observe(report.commit_seconds)
+        if report.records:  # a batch of handled redeliveries only commits nothing
+            m.store_commit_seconds.observe(report.commit_seconds)
         m.batch_seconds.observe(report.seconds)
         m.batch_records.observe(len(report.records))

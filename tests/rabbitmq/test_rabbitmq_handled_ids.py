@@ -5,41 +5,25 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from smartico_stream.batch.checkpoint import Progress
 from smartico_stream.config import load_settings
 from smartico_stream.events.raw import RawRecord
 from smartico_stream.observability.metrics import Metrics
 from smartico_stream.store import BatchWrite
-from smartico_stream.store.postgres import PostgresStore
-from smartico_stream.store.sqlite import SqliteStore
 from smartico_stream.transports import RabbitMqTransport
-from tests.support import postgres
 
 pytestmark = pytest.mark.asyncio
 
 QUEUE = ("payments.q0", 0)
 
 
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    schema = postgres.unique_schema("t_handled") if request.param == "postgres" else None
-    opened: SqliteStore | PostgresStore = (
-        SqliteStore(tmp_path / "state.db") if schema is None else PostgresStore(postgres.require_postgres(), schema)
-    )
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        if schema:
-            await postgres.drop_schema_async(schema)
+@pytest.fixture
+def store(sql_store: Any) -> Any:
+    return sql_store
 
 
 def message(offset: int, message_id: str, redelivered: bool = True) -> RawRecord:

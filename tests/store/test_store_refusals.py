@@ -6,18 +6,14 @@ description never quotes the value. The service uses both to isolate one record'
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from smartico_stream.engine.state import UserState
 from smartico_stream.store import BatchWrite, FencedError
 from smartico_stream.store.postgres import PostgresStore
 from smartico_stream.store.sqlite import SqliteStore
-from tests.support import postgres
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,19 +21,9 @@ P0 = ("payments", 0)
 BIG = 2**70
 
 
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    schema = postgres.unique_schema("t_refusal") if request.param == "postgres" else None
-    opened: SqliteStore | PostgresStore = (
-        SqliteStore(tmp_path / "state.db") if schema is None else PostgresStore(postgres.require_postgres(), schema)
-    )
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-        if schema:
-            await postgres.drop_schema_async(schema)
+@pytest.fixture
+def store(sql_store: Any) -> Any:
+    return sql_store
 
 
 async def leased(store: Any) -> int:
