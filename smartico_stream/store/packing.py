@@ -39,10 +39,6 @@ def unpack_actions(blob: bytes) -> list[bytes]:
     return blob.split(b"\n")
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="milliseconds") if moment else None
-
-
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -51,12 +47,14 @@ def pack_history(entries: Iterable[HistoryEntry]) -> bytes:
     """Entries as one JSON array of ``[brand, user, rule_id, event_id, event_type, event_time,
     outcome, executions, reason, qualified_at, qualified_until]`` (times as ISO-8601 text, the
     columns of the former one-row-per-entry table, so migration 4 builds the same shape in SQL).
+    orjson writes the times itself (RFC 3339, to the microsecond): formatting them in Python cost
+    more than the rest of the row.
     Text JSON cannot hold (a lone surrogate an adapter produced) is a :class:`RowEncodingError`, so
     the service can isolate its record."""
     try:
         return orjson.dumps([
-            [h.brand, h.user, h.rule_id, h.event_id, h.event_type, _iso(h.event_time), h.outcome, h.executions,
-             h.reason, _iso(h.qualified_at), _iso(h.qualified_until)]
+            [h.brand, h.user, h.rule_id, h.event_id, h.event_type, h.event_time, h.outcome, h.executions,
+             h.reason, h.qualified_at, h.qualified_until]
             for h in entries
         ])
     except (TypeError, ValueError) as exc:
