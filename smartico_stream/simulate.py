@@ -43,7 +43,8 @@ from smartico_stream.pipeline.pipeline import (
 from smartico_stream.store.base import FencedError, Store
 from smartico_stream.store.sqlite import SqliteStore
 
-# A fresh store holds no dedup keys: load them all (there are none).
+# Offline there is no processing time: the store records this constant as a batch's handled-at
+# time, so the same input gives the same store file. Repeats are measured on source time anyway.
 _OFFLINE_NOW = 0.0
 _STATE_CACHE = 100_000
 # Hand-written input files may leave records unkeyed.
@@ -157,9 +158,7 @@ class _FileTransport:
         self._ownership = ownership
 
     async def claim(self, records: Sequence[RawRecord]) -> None:
-        unowned = sorted({(r.topic, r.partition) for r in records} - set(self._ownership.epochs))
-        if unowned:
-            await self._ownership.claim(unowned)
+        await self._ownership.claim_unowned(records)
 
     async def already_handled(self, records: Sequence[RawRecord], store: Store) -> list[RawRecord]:
         return []

@@ -188,9 +188,7 @@ class RabbitMqTransport:
     async def claim(self, records: Sequence[RawRecord]) -> None:
         """With single-active-consumer, the first delivery is how a member learns it became a
         queue's owner: take the leases of queues not held yet."""
-        unowned = sorted({(r.topic, r.partition) for r in records} - set(self._ownership.epochs))
-        if unowned:
-            await self._ownership.claim(unowned)
+        await self._ownership.claim_unowned(records)
 
     async def already_handled(self, records: Sequence[RawRecord], store: Store) -> list[RawRecord]:
         """Redelivered messages whose ids the store has: handled before a crash. Checked on every

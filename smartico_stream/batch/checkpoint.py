@@ -49,7 +49,7 @@ from smartico_stream.engine.base import Engine
 from smartico_stream.engine.batch import BatchEngine
 from smartico_stream.engine.evaluator import RuleEngine
 from smartico_stream.engine.payments import PaymentDedup
-from smartico_stream.events.raw import PartitionId, RawRecord
+from smartico_stream.events.raw import PartitionId, RawRecord, UserKey
 from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.logging import get_logger
 from smartico_stream.pii.vault import PiiVault
@@ -148,7 +148,7 @@ class _Applied:
     batch: BatchEngine | None
 
     @property
-    def touched(self) -> list[tuple[str, str]]:
+    def touched(self) -> list[UserKey]:
         return list(self.batch.touched) if self.batch is not None else []
 
 

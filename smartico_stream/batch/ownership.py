@@ -4,10 +4,10 @@ their dedup windows, rebuilt from the store when a partition is taken."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from smartico_stream.config import DedupSettings
-from smartico_stream.events.raw import PartitionId
+from smartico_stream.events.raw import PartitionId, RawRecord
 from smartico_stream.pipeline.dedup import Clock, DedupWindow
 from smartico_stream.store.base import Lease, Store
 
@@ -40,6 +40,12 @@ class Ownership:
         """Take over partitions (RabbitMQ queues) this instance just started receiving from: with
         single-active-consumer, the first delivery is how a member learns it became the owner."""
         self._adopt(await self._store.acquire(partitions, self._instance_id, self._since()))
+
+    async def claim_unowned(self, records: Sequence[RawRecord]) -> None:
+        """:meth:`claim` the partitions of ``records`` this instance holds no lease for yet."""
+        unowned = sorted({(r.topic, r.partition) for r in records} - set(self.epochs))
+        if unowned:
+            await self.claim(unowned)
 
     def _since(self) -> float:
         return float("-inf")  # every key the store kept: each batch deleted those its watermark passed

@@ -89,9 +89,7 @@ class CheckingTransport:
 
     async def claim(self, records: Sequence[RawRecord]) -> None:
         self.steps.append("claim")
-        unowned = sorted({(r.topic, r.partition) for r in records} - set(self.ownership.epochs))
-        if unowned:
-            await self.ownership.claim(unowned)
+        await self.ownership.claim_unowned(records)
 
     async def already_handled(self, records: Sequence[RawRecord], store: Store) -> list[RawRecord]:
         self.steps.append("already_handled")
