@@ -114,7 +114,14 @@ from decimal import Decimal
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
-from smartico_stream.adapters.base import AdapterError, InvalidField, MissingField, RecordContext, UnknownEventType
+from smartico_stream.adapters.base import (
+    AdapterError,
+    EventDraft,
+    InvalidField,
+    MissingField,
+    RecordContext,
+    UnknownEventType,
+)
 from smartico_stream.events.models import (
     CanonicalEvent,
     CasinoBet,
@@ -367,6 +374,12 @@ class _Draft:
     fields: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def type(self) -> Any:
+        """The canonical type: the model's own where it has one type (a payment's is in ``fields``)."""
+        default = self.model.model_fields["type"].default
+        return default if isinstance(default, str) else self.fields.get("type")
+
 
 _Handler = Callable[[_Node, dict[str, Any]], list[_Draft]]
 
@@ -604,8 +617,8 @@ class BetwaveAdapter:
 
     name: ClassVar[str] = "betwave"
 
-    def adapt(self, message: Mapping[str, Any], context: RecordContext) -> list[CanonicalEvent]:
-        """One Betwave message -> zero (pending deposit), one, or several canonical events."""
+    def adapt(self, message: Mapping[str, Any], context: RecordContext) -> list[EventDraft]:
+        """One Betwave message -> zero (pending deposit), one, or several canonical event drafts."""
         try:
             return self._adapt(message, context)
         except OverflowError as exc:
@@ -614,7 +627,7 @@ class BetwaveAdapter:
             raise AdapterError(f"betwave on the {context.stream.value} stream: a timestamp is out of range") from exc
 
     @staticmethod
-    def _adapt(message: Mapping[str, Any], context: RecordContext) -> list[CanonicalEvent]:
+    def _adapt(message: Mapping[str, Any], context: RecordContext) -> list[EventDraft]:
         root = _Node(message)
         meta = root.node("meta", required=True)
         kind = _kind(meta, context)
@@ -630,6 +643,6 @@ class BetwaveAdapter:
         aggregates = _aggregates(root.node("totals"))
         extra = {**_attributes(root), **root.leftovers()}
         return [
-            draft.model.model_validate({**draft.fields, "aggregates": aggregates, "extra": {**extra, **draft.extra}})
+            {"type": draft.type, **draft.fields, "aggregates": aggregates, "extra": {**extra, **draft.extra}}
             for draft in drafts
         ]

@@ -16,21 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from smartico_stream.adapters.base import AdapterError, MissingField, RecordContext, UnknownEventType
-from smartico_stream.events.models import (
-    PAYMENT_TYPES,
-    CanonicalEvent,
-    CasinoBet,
-    CasinoWin,
-    EventType,
-    Payment,
-    PlatformAggregates,
-    SportBetOpen,
-    SportBetSelectionOpen,
-    SportBetSelectionSettled,
-    SportBetSettled,
-    UserProfile,
-)
+from smartico_stream.adapters.base import AdapterError, EventDraft, MissingField, RecordContext, UnknownEventType
+from smartico_stream.events.models import PAYMENT_TYPES, EventType, PlatformAggregates
 from smartico_stream.events.raw import Stream
 
 __all__ = ["ReferenceAdapter"]
@@ -165,25 +152,25 @@ SPORT_SETTLED_RULES: tuple[Rule, ...] = (
 )
 SPORT_SELECTION_SETTLED_RULES: tuple[Rule, ...] = (*_SPORT_COMMON, *_SELECTION, _RESULT)
 
-_Kind = tuple[str, type[CanonicalEvent], tuple[Rule, ...]]
+_Kind = tuple[str, tuple[Rule, ...]]
 
-# `type` value (lower case) -> (canonical type, model, rules), per stream.
+# `type` value (lower case) -> (canonical type, rules), per stream.
 _KINDS: dict[Stream, dict[str, _Kind]] = {
-    Stream.PAYMENTS: {t.value: (t.value, Payment, PAYMENT_RULES) for t in sorted(PAYMENT_TYPES)},
+    Stream.PAYMENTS: {t.value: (t.value, PAYMENT_RULES) for t in sorted(PAYMENT_TYPES)},
     Stream.CASINO: {
-        "bet": (EventType.CASINO_BET.value, CasinoBet, CASINO_BET_RULES),
-        "casino_bet": (EventType.CASINO_BET.value, CasinoBet, CASINO_BET_RULES),
-        "win": (EventType.CASINO_WIN.value, CasinoWin, CASINO_WIN_RULES),
-        "casino_win": (EventType.CASINO_WIN.value, CasinoWin, CASINO_WIN_RULES),
+        "bet": (EventType.CASINO_BET.value, CASINO_BET_RULES),
+        "casino_bet": (EventType.CASINO_BET.value, CASINO_BET_RULES),
+        "win": (EventType.CASINO_WIN.value, CASINO_WIN_RULES),
+        "casino_win": (EventType.CASINO_WIN.value, CASINO_WIN_RULES),
     },
     Stream.SPORT: {
-        EventType.SPORT_BET_OPEN.value: (EventType.SPORT_BET_OPEN.value, SportBetOpen, SPORT_OPEN_RULES),
+        EventType.SPORT_BET_OPEN.value: (EventType.SPORT_BET_OPEN.value, SPORT_OPEN_RULES),
         EventType.SPORT_BET_SELECTION_OPEN.value: (
-            EventType.SPORT_BET_SELECTION_OPEN.value, SportBetSelectionOpen, SPORT_SELECTION_OPEN_RULES
+            EventType.SPORT_BET_SELECTION_OPEN.value, SPORT_SELECTION_OPEN_RULES
         ),
-        EventType.SPORT_BET_SETTLED.value: (EventType.SPORT_BET_SETTLED.value, SportBetSettled, SPORT_SETTLED_RULES),
+        EventType.SPORT_BET_SETTLED.value: (EventType.SPORT_BET_SETTLED.value, SPORT_SETTLED_RULES),
         EventType.SPORT_BET_SELECTION_SETTLED.value: (
-            EventType.SPORT_BET_SELECTION_SETTLED.value, SportBetSelectionSettled, SPORT_SELECTION_SETTLED_RULES
+            EventType.SPORT_BET_SELECTION_SETTLED.value, SPORT_SELECTION_SETTLED_RULES
         ),
     },
 }
@@ -243,8 +230,8 @@ class ReferenceAdapter:
 
     name: ClassVar[str] = "reference"
 
-    def adapt(self, message: Mapping[str, Any], context: RecordContext) -> list[CanonicalEvent]:
-        """One message -> one canonical event (see the module docstring for the field tables)."""
+    def adapt(self, message: Mapping[str, Any], context: RecordContext) -> list[EventDraft]:
+        """One message -> one canonical event draft (see the module docstring for the field tables)."""
         raw_type = message.get("type")
         try:
             if context.stream is Stream.PROFILE or (
@@ -258,28 +245,28 @@ class ReferenceAdapter:
             raise AdapterError(f"{context.stream.value}: a timestamp or number is out of range") from exc
 
     @staticmethod
-    def _profile(message: Mapping[str, Any]) -> CanonicalEvent:
+    def _profile(message: Mapping[str, Any]) -> EventDraft:
         fields, used = apply_rules(message, PROFILE_RULES, "profile")
         fields["event_id"] = _profile_event_id(message, used)
         raw_type = message.get("type")
         if isinstance(raw_type, str) and raw_type.strip().lower() == _PROFILE_TYPE:
             used.add("type")
         aggregates, extra = split_leftovers(message, used)
-        return UserProfile.model_validate({**fields, "aggregates": aggregates, "extra": extra})
+        return {**fields, "type": _PROFILE_TYPE, "aggregates": aggregates, "extra": extra}
 
     @staticmethod
-    def _transaction(message: Mapping[str, Any], stream: Stream, raw_type: Any) -> CanonicalEvent:
+    def _transaction(message: Mapping[str, Any], stream: Stream, raw_type: Any) -> EventDraft:
         kinds = _KINDS[stream]
         kind = kinds.get(raw_type.strip().lower()) if isinstance(raw_type, str) else None
         if kind is None:
             expected = ", ".join(sorted(kinds))
             found = _describe_type(raw_type)
             raise UnknownEventType(f"{stream.value} stream: {found}; expected one of {expected}")
-        event_type, model, rules = kind
+        event_type, rules = kind
         fields, used = apply_rules(message, rules, f"{stream.value} {event_type}")
         used.add("type")
         aggregates, extra = split_leftovers(message, used)
-        return model.model_validate({**fields, "type": event_type, "aggregates": aggregates, "extra": extra})
+        return {**fields, "type": event_type, "aggregates": aggregates, "extra": extra}
 
 
 def _profile_event_id(message: Mapping[str, Any], used: set[str]) -> Any:

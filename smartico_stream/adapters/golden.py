@@ -7,7 +7,7 @@ point elsewhere with a ``golden_dir: pathlib.Path`` attribute)::
         {"stream": "payments", "topic": "payments", "key": "u1", "headers": {"h": "v"}, "value": {...}}
         ("topic" defaults to the stream name; "key" and "headers" are optional)
     golden/<case>.expected.jsonl   one line per input line, either
-        {"events": [<event.model_dump(mode="json", exclude_none=True, exclude={"source"})>, ...]}
+        {"events": [<the event as JSON, None fields left out, no "source">, ...]}
         or {"error": "<exception class name>", "message_contains": "<substring of its message>"}
 
 ``value`` is normally the decoded JSON object. A string ``value`` holds raw JSON text: if it decodes
@@ -20,7 +20,8 @@ without input values, for pydantic errors) and against ``str(exc)``. ``write_gol
 former, so expected files never contain the personal data a failing input may hold.
 
 Besides comparing output, the runner checks the adapter contract on every line: the result is a
-sequence of canonical events, the input mapping is not mutated, and a second call gives the same
+sequence of drafts (or canonical events) validated as the pipeline validates them, the input mapping
+is not mutated, and a second call gives the same
 output (adapters must not read clocks, randomness or state). An exception that is not a deliberate
 rejection (an ``AdapterError`` or a pydantic ``ValidationError``) is an adapter bug, never an
 expectation: the line fails with the adapter's traceback and ``write_golden`` refuses to record it.
@@ -44,6 +45,7 @@ from pydantic import ValidationError
 from smartico_stream.adapters.base import Adapter, AdapterError, RecordContext
 from smartico_stream.events.models import CanonicalEvent
 from smartico_stream.events.raw import Stream
+from smartico_stream.events.records import UnknownDraftType, dump_event, validate_event
 from smartico_stream.pipeline.errors import describe_error
 
 GOLDEN_DIR_NAME = "golden"
@@ -266,12 +268,16 @@ def _dump_events(result: object) -> list[dict[str, Any]]:
     if not isinstance(result, Sequence) or isinstance(result, str | bytes):
         raise ContractViolation(f"adapt() must return a sequence of events, not {type(result).__name__}")
     dumped = []
-    for position, event in enumerate(result):
-        if not isinstance(event, CanonicalEvent):
+    for position, draft in enumerate(result):
+        if not isinstance(draft, Mapping | CanonicalEvent):
             raise ContractViolation(
-                f"adapt() returned {type(event).__name__} at position {position}, not a canonical event"
+                f"adapt() returned {type(draft).__name__} at position {position}, not an event draft"
             )
-        dumped.append(event.model_dump(mode="json", exclude_none=True, exclude=set(_DUMP_EXCLUDE)))
+        try:
+            event = validate_event(draft)
+        except UnknownDraftType as exc:
+            raise ContractViolation(f"adapt() returned a draft at position {position} with an unknown type") from exc
+        dumped.append(dump_event(event, exclude=_DUMP_EXCLUDE))
     return dumped
 
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import orjson
 
-from smartico_stream.adapters.base import RecordContext
+from smartico_stream.adapters.base import RecordContext, canonical_events
 from smartico_stream.adapters.registry import load_adapter
-from smartico_stream.events.models import CanonicalEvent, SourceCoordinates
-from smartico_stream.events.raw import Stream
+from smartico_stream.events.models import CanonicalEvent
+from smartico_stream.events.raw import RawRecord, Stream
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.keys import generate_key_ring
 from smartico_stream.pii.normalise import PhoneNormaliser, normalise_phone
@@ -58,9 +58,10 @@ def _profiles(users: int, version: int, first_offset: int) -> list[CanonicalEven
             "user_last_name": f"Smith{n}",
         }
         context = RecordContext(stream=Stream.PROFILE, topic="user_profile", key=f"u{n}")
-        (event,) = adapter.adapt(orjson.loads(orjson.dumps(message)), context)
-        event.source = SourceCoordinates(transport="kafka", topic="user_profile", partition=0,
-                                         offset=first_offset + n)
+        (event,) = canonical_events(adapter, orjson.loads(orjson.dumps(message)), context)
+        event.source = RawRecord(  # type: ignore[assignment]  # a record's coordinates (events/records.py)
+            transport="kafka", topic="user_profile", partition=0, offset=first_offset + n, key=None, value=None
+        )
         events.append(event)
     return events
 

@@ -19,13 +19,8 @@ from smartico_stream.engine.conditions import FieldType
 from smartico_stream.events.models import (
     AccountStatus,
     CanonicalEvent,
-    CasinoBet,
-    CasinoWin,
     EventType,
-    Payment,
     PlatformAggregates,
-    SportBetOpen,
-    SportBetSettled,
     UserProfile,
 )
 
@@ -273,49 +268,70 @@ def _add(totals: dict[str, Decimal], currency: str | None, amount: Decimal) -> N
 
 def apply_event(state: UserState, event: CanonicalEvent) -> None:
     """Fold one event into the user's profile and aggregates (before rules see it, so a rule
-    triggered by a deposit sees a deposit count that includes it)."""
+    triggered by a deposit sees a deposit count that includes it). ``event`` is a record or a model:
+    dispatch is on its ``type``, never its class (see events/records.py)."""
     state.last_event_time = event.event_time
     if event.aggregates is not None:
         _apply_platform_aggregates(state, event.aggregates)
-    if isinstance(event, UserProfile):
-        _apply_profile(state, event)
-        return
-    currency = state.currency_for(event)
-    event_type = event.type
-    if isinstance(event, Payment):
-        if event_type == EventType.DEPOSIT:
-            state.deposit_count += 1
-            _add(state.deposit_total, currency, event.amount)
-            state.first_deposit_time = state.first_deposit_time or event.event_time
-            state.last_deposit_time = event.event_time
-            state.last_deposit_amount = event.amount
-        elif event_type in (EventType.DEPOSIT_FAILED, EventType.DEPOSIT_CANCELLED):
-            state.failed_deposit_count += 1
-        elif event_type == EventType.WITHDRAWAL_REQUESTED:
-            state.withdrawal_requested_count += 1
-        elif event_type == EventType.WITHDRAWAL_COMPLETED:
-            state.withdrawal_count += 1
-            _add(state.withdrawal_total, currency, event.amount)
-    elif isinstance(event, CasinoBet):
-        state.bet_count += 1
-        _add(state.bet_total, currency, event.bet_amount)
-        state.last_bet_time = event.event_time
-    elif isinstance(event, CasinoWin):
-        state.win_count += 1
-        _add(state.win_total, currency, event.win_amount)
-    elif isinstance(event, SportBetOpen):
-        state.sport_bet_count += 1
-        _add(state.sport_stake_total, currency, event.stake)
-        state.last_bet_time = event.event_time
-    elif isinstance(event, SportBetSettled) and event.result in ("WON", "HALF_WON", "CASHED_OUT"):
+    fold = _FOLDS.get(event.type)
+    if fold is not None:
+        fold(state, event)
+
+
+def _deposit(state: UserState, event: Any) -> None:
+    state.deposit_count += 1
+    _add(state.deposit_total, state.currency_for(event), event.amount)
+    state.first_deposit_time = state.first_deposit_time or event.event_time
+    state.last_deposit_time = event.event_time
+    state.last_deposit_amount = event.amount
+
+
+def _failed_deposit(state: UserState, event: Any) -> None:
+    state.failed_deposit_count += 1
+
+
+def _withdrawal_requested(state: UserState, event: Any) -> None:
+    state.withdrawal_requested_count += 1
+
+
+def _withdrawal_completed(state: UserState, event: Any) -> None:
+    state.withdrawal_count += 1
+    _add(state.withdrawal_total, state.currency_for(event), event.amount)
+
+
+def _casino_bet(state: UserState, event: Any) -> None:
+    state.bet_count += 1
+    _add(state.bet_total, state.currency_for(event), event.bet_amount)
+    state.last_bet_time = event.event_time
+
+
+def _casino_win(state: UserState, event: Any) -> None:
+    state.win_count += 1
+    _add(state.win_total, state.currency_for(event), event.win_amount)
+
+
+def _sport_bet_open(state: UserState, event: Any) -> None:
+    state.sport_bet_count += 1
+    _add(state.sport_stake_total, state.currency_for(event), event.stake)
+    state.last_bet_time = event.event_time
+
+
+def _sport_bet_settled(state: UserState, event: Any) -> None:
+    if event.result in ("WON", "HALF_WON", "CASHED_OUT"):
         state.sport_win_count += 1
 
 
 def _apply_profile(state: UserState, profile: UserProfile) -> None:
     # A partial profile update without a status must not re-activate a blocked user; the model's
-    # ACTIVE default applies only to a user whose status was never sent.
-    if "account_status" in profile.model_fields_set or state.account_status is None:
-        state.account_status = profile.account_status.value
+    # ACTIVE default applies only to a user whose status was never sent. A record's status is None
+    # when the update did not carry one (events/records.py SENT_ONLY).
+    status: AccountStatus | None = profile.account_status
+    if "account_status" not in getattr(profile, "model_fields_set", ("account_status",)):
+        status = None  # a model (tests build them): its ACTIVE default was not sent
+    if status is not None:
+        state.account_status = AccountStatus(status).value
+    elif state.account_status is None:
+        state.account_status = AccountStatus.ACTIVE.value
     state.registration_date = profile.registration_date
     state.language = profile.language
     # The spec: "once set this value cannot be changed for user".
@@ -336,7 +352,26 @@ def _apply_profile(state: UserState, profile: UserProfile) -> None:
         state.custom.update(profile.extra)
 
 
+_AGGREGATE_FIELDS = tuple(PlatformAggregates.model_fields)
+
+
 def _apply_platform_aggregates(state: UserState, aggregates: PlatformAggregates) -> None:
-    for name, value in aggregates:
+    for name in _AGGREGATE_FIELDS:
+        value = getattr(aggregates, name)
         if value is not None:
             setattr(state, f"platform_{name}", value)
+
+
+# What each event type folds into the state; the other types change only the times above.
+_FOLDS: dict[str, Any] = {
+    EventType.USER_PROFILE.value: _apply_profile,
+    EventType.DEPOSIT.value: _deposit,
+    EventType.DEPOSIT_FAILED.value: _failed_deposit,
+    EventType.DEPOSIT_CANCELLED.value: _failed_deposit,
+    EventType.WITHDRAWAL_REQUESTED.value: _withdrawal_requested,
+    EventType.WITHDRAWAL_COMPLETED.value: _withdrawal_completed,
+    EventType.CASINO_BET.value: _casino_bet,
+    EventType.CASINO_WIN.value: _casino_win,
+    EventType.SPORT_BET_OPEN.value: _sport_bet_open,
+    EventType.SPORT_BET_SETTLED.value: _sport_bet_settled,
+}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from smartico_stream.events.types import (
     MAX_INT64,
@@ -137,13 +137,26 @@ class CanonicalEvent(BaseModel):
         return (self.brand_id, self.user_id)
 
 
+# Before-validators live in the annotations (not as model validators) so the hot path's records,
+# derived from these models' fields, apply them too (events/records.py).
+def _gender_short_forms(value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip().upper()
+        return {"M": "MALE", "F": "FEMALE"}.get(value, value)
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 class UserProfile(CanonicalEvent):
     """A user registered or changed their profile (``dt_update`` is the event time)."""
 
     event_type: ClassVar = frozenset({EventType.USER_PROFILE})
     type: Literal["user_profile"] = "user_profile"
 
-    account_status: AccountStatus = Field(
+    account_status: Annotated[AccountStatus, BeforeValidator(_upper)] = Field(
         default=AccountStatus.ACTIVE, description="core_account_status; the spec's default is ACTIVE"
     )
     registration_date: PastBusinessTimestamp = Field(description="core_registration_date")
@@ -166,7 +179,9 @@ class UserProfile(CanonicalEvent):
         default=None, description="core_is_email_disabled_by_platform"
     )
     is_sms_disabled_by_platform: bool | None = Field(default=None, description="core_is_sms_disabled_by_platform")
-    gender: Gender | None = Field(default=None, description="core_user_gender")
+    gender: Annotated[Gender | None, BeforeValidator(_gender_short_forms)] = Field(
+        default=None, description="core_user_gender"
+    )
     kyc_status: str | None = Field(default=None, max_length=64, description="core_kyc_status")
     # Set by the PII guard, which removes email, phone and names from the event on arrival.
     has_email: bool | None = Field(default=None, description="derived by the PII guard")
@@ -174,18 +189,6 @@ class UserProfile(CanonicalEvent):
     has_phone: bool | None = Field(default=None, description="derived by the PII guard")
     phone_valid: bool | None = Field(default=None, description="derived: the phone parsed as a valid number")
 
-    @field_validator("gender", mode="before")
-    @classmethod
-    def _gender_short_forms(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip().upper()
-            return {"M": "MALE", "F": "FEMALE"}.get(value, value)
-        return value
-
-    @field_validator("account_status", mode="before")
-    @classmethod
-    def _status_upper(cls, value: Any) -> Any:
-        return value.strip().upper() if isinstance(value, str) else value
 
 
 class Payment(CanonicalEvent):

@@ -57,12 +57,12 @@ import hashlib
 import secrets
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from cachetools import LRUCache
 
-from smartico_stream.events.models import CanonicalEvent, UserProfile
+from smartico_stream.events.models import CanonicalEvent, EventType, UserProfile
 from smartico_stream.pii.crypto import encrypt, lookup_hash
 from smartico_stream.pii.detect import lookup_form, recognise
 from smartico_stream.pii.keys import KeyRing
@@ -75,6 +75,8 @@ from smartico_stream.pii.normalise import (
     normalise_email,
 )
 from smartico_stream.pii.vault import PiiRecord, value_aad
+
+_PROFILE = EventType.USER_PROFILE.value
 
 NAME_FIELDS = ("first_name", "last_name")
 CUSTOM_PREFIX = "custom."  # vault field of a custom value: custom.<dotted path in extra>
@@ -123,14 +125,15 @@ class PiiGuard:
         records: list[PiiRecord] = []
         memo = self._memo(event)
         if event.extra:
-            region = (event.country if isinstance(event, UserProfile) else None) or default_region
+            region = (cast(UserProfile, event).country if event.type == _PROFILE else None) or default_region
             for path, value, valid in self._strip_custom(event.extra, region):
                 field = CUSTOM_PREFIX + path
                 seen = self._recall(memo, field, value)
                 if seen is None or seen[1] is None:
                     records += self._record(event, field, value, valid, memo, seen)
-        if not isinstance(event, UserProfile):
+        if event.type != _PROFILE:
             return records
+        event = cast(UserProfile, event)  # a profile record (dispatch on type: events/records.py)
         if event.email is not None:
             email = normalise_email(event.email)
             event.has_email = email is not None

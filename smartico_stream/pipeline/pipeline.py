@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any, cast
 
 import orjson
 
 from smartico_stream.adapters.base import Adapter, RecordContext
 from smartico_stream.engine.base import AlreadyApplied, Engine, Outcome
-from smartico_stream.events.models import CanonicalEvent, SourceCoordinates, UserProfile
+from smartico_stream.events.models import CanonicalEvent, EventType, UserProfile
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream, UserKey
+from smartico_stream.events.records import validate_drafts
 from smartico_stream.events.types import MAX_NESTING, is_field_name
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiRecord
@@ -46,6 +50,7 @@ DEDUPLICATED = "deduplicated"
 DEAD_LETTERED = "dead_lettered"
 
 RecordId = tuple[str, int, int]  # topic, partition, offset
+_PROFILE = EventType.USER_PROFILE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +117,7 @@ class Adapted:
                 event.user_key
                 for _, events in self.items
                 for event in events
-                if isinstance(event, UserProfile) and event.phone and not event.country
+                if event.type == _PROFILE and cast(UserProfile, event).phone and not cast(UserProfile, event).country
             )
         )
 
@@ -127,36 +132,62 @@ class Pipeline:
         dedup_window_for: DedupLookup | None = None,
         limits: PipelineLimits = PipelineLimits(),
         guard: PiiGuard | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._adapter = adapter
+        self._clock = clock  # "in the past" is checked against one reading per batch
         self._guard = guard
         self._stream_of_topic = dict(stream_of_topic)
         self._dedup_window_for = dedup_window_for
         self._limits = limits
 
     def adapt(self, records: Sequence[RawRecord], poisoned: Mapping[RecordId, Exception] = {}) -> Adapted:
-        """Decode and adapt. ``poisoned`` records (the engine failed on them in an earlier attempt at
+        """Decode and adapt every record, then validate all their drafts in one call (see
+        events/records.py). ``poisoned`` records (the engine failed on them in an earlier attempt at
         this batch) are dead-lettered with that error instead."""
         adapted = Adapted(BatchResult())
         result = adapted.result
-        for record in records:
+        drafts: list[Any] = []
+        failed: dict[int, tuple[str, Exception]] = {}  # record position -> (stage, error)
+        spans: dict[int, tuple[int, int]] = {}  # record position -> its drafts' slice of `drafts`
+        for position, record in enumerate(records):
             coordinates = (record.topic, record.partition)
             result.next_offsets[coordinates] = record.offset + 1
             if record.timestamp_ms:
                 result.last_timestamps[coordinates] = record.timestamp_ms
             error = poisoned.get((record.topic, record.partition, record.offset))
             if error is not None:
-                self._dead_letter(result, record, getattr(error, "stage", "engine"), error)  # store: refused
+                failed[position] = (getattr(error, "stage", "engine"), error)  # store: refused
                 continue
             try:
                 message, context = self._decode(record)
             except Exception as exc:  # noqa: BLE001 - any failure on one record dead-letters it
-                self._dead_letter(result, record, "decode", exc)
+                failed[position] = ("decode", exc)
                 continue
             try:
-                adapted.items.append((record, self._adapt(record, message, context)))
+                produced = list(self._adapter.adapt(message, context))
             except Exception as exc:  # noqa: BLE001 - an adapter bug is a dead letter, not a crash
-                self._dead_letter(result, record, "adapt", exc)
+                failed[position] = ("adapt", exc)
+                continue
+            spans[position] = (len(drafts), len(drafts) + len(produced))
+            drafts.extend(produced)
+        validated = validate_drafts(drafts, datetime.fromtimestamp(self._clock(), UTC))
+        events, invalid = validated.events, validated.errors
+        for position, record in enumerate(records):
+            if position in failed:
+                stage, error = failed[position]
+                self._dead_letter(result, record, stage, error)
+                continue
+            first, last = spans[position]
+            error = next((invalid[i] for i in range(first, last) if i in invalid), None)
+            if error is not None:
+                self._dead_letter(result, record, "adapt", error)
+                continue
+            mine = [event for event in events[first:last] if event is not None]
+            for event in mine:
+                # The record is the event's coordinates (same attribute names): no object per event.
+                event.source = record  # type: ignore[assignment]
+            adapted.items.append((record, mine))
         return adapted
 
     def protect_and_dedup(self, adapted: Adapted, region_of: RegionLookup | None = None) -> BatchResult:
@@ -171,9 +202,10 @@ class Pipeline:
             if self._guard is not None:
                 try:
                     for event in events:
-                        # Only profiles carry a country (and a getattr miss on a pydantic model is slow).
-                        if isinstance(event, UserProfile) and event.country:
-                            countries[event.user_key] = event.country
+                        # Only profiles carry a country.
+                        country = cast(UserProfile, event).country if event.type == _PROFILE else None
+                        if country:
+                            countries[event.user_key] = country
                         region = countries.get(event.user_key) or (region_of(event.user_key) if region_of else None)
                         protected[id(event)] = self._guard.protect(event, default_region=region)
                 except Exception as exc:  # noqa: BLE001 - a guard failure must not let plaintext through
@@ -268,19 +300,6 @@ class Pipeline:
             headers=dict(record.headers),
         )
         return message, context
-
-    def _adapt(self, record: RawRecord, message: dict[str, object], context: RecordContext) -> list[CanonicalEvent]:
-        events = list(self._adapter.adapt(message, context))
-        coordinates = SourceCoordinates.model_construct(
-            transport=record.transport,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=None,
-        )
-        for event in events:
-            event.source = coordinates
-        return events
 
     def _drop_repeats(
         self,

@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartico_stream.adapters.base import RecordContext
+from smartico_stream.adapters.base import RecordContext, canonical_events
 from smartico_stream.adapters.registry import load_adapter
 from smartico_stream.config import DedupSettings
 from smartico_stream.engine.base import ALREADY_APPLIED
@@ -38,7 +38,8 @@ def event(
         "amount": amount, "bet_amount": amount, "game_id": "g", "game_name": "G", "core_wallet_currency": "EUR",
         "dt_finalized": int(at.timestamp() * 1000), "bet_date": int(at.timestamp() * 1000),
     }
-    (adapted,) = ADAPTER.adapt(message, RecordContext(stream=stream, topic=stream.value, key="u1", headers={}))
+    context = RecordContext(stream=stream, topic=stream.value, key="u1", headers={})
+    (adapted,) = canonical_events(ADAPTER, message, context)
     return adapted
 
 

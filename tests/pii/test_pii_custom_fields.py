@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from phonenumbers import PhoneNumberFormat
 
-from smartico_stream.adapters.base import RecordContext
+from smartico_stream.adapters.base import RecordContext, canonical_events
 from smartico_stream.adapters.registry import load_adapter
 from smartico_stream.events.models import CanonicalEvent
 from smartico_stream.events.raw import Stream
@@ -55,7 +55,7 @@ def deposit(**extra: Any) -> CanonicalEvent:
 
 
 def adapt(message: Mapping[str, Any], stream: Stream) -> CanonicalEvent:
-    (event,) = ADAPTER.adapt(message, RecordContext(stream=stream, topic=stream.value, key="u1"))
+    (event,) = canonical_events(ADAPTER, message, RecordContext(stream=stream, topic=stream.value, key="u1"))
     return event
 
 

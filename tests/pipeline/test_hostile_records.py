@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from smartico_stream.events.models import CanonicalEvent, Payment, UserProfile
+from smartico_stream.events.models import PAYMENT_TYPES, CanonicalEvent, Payment
 from smartico_stream.events.raw import RawRecord, Stream
 from smartico_stream.pipeline.errors import DeadLetter
 from smartico_stream.pipeline.pipeline import DEAD_LETTERED, OK, BatchResult, Pipeline, PipelineLimits
@@ -93,13 +93,13 @@ def accepted(value: bytes | dict[str, Any], topic: str = PAY) -> CanonicalEvent:
 
 def accepted_payment(value: bytes | dict[str, Any]) -> Payment:
     event = accepted(value)
-    assert isinstance(event, Payment)
+    assert event.type in PAYMENT_TYPES
     return event
 
 
 def birthdate_of(value: dict[str, Any]) -> datetime:
     event = accepted(value, PROFILE)
-    assert isinstance(event, UserProfile) and event.birthdate is not None
+    assert event.type == "user_profile" and event.birthdate is not None
     return event.birthdate
 
 
@@ -317,7 +317,7 @@ def test_non_json_constants_are_refused_on_the_exact_path_too(constant: bytes) -
 
 def test_profiles_and_payments_agree_on_exact_aggregates() -> None:
     event = accepted(raw(profile(), "total_deposit_amount", b"12345678901234567.89"), PROFILE)
-    assert isinstance(event, UserProfile) and event.aggregates is not None
+    assert event.type == "user_profile" and event.aggregates is not None
     assert event.aggregates.total_deposit_amount == Decimal("12345678901234567.89")
 
 
