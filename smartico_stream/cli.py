@@ -92,6 +92,10 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(rules_app, name="rules")
 app.add_typer(pii_app, name="pii")
+# The replica commands import their dependencies when they run (smartico_stream/ops/replica.py).
+from smartico_stream.ops.replica import replica_app  # noqa: E402 - beside the other groups
+
+app.add_typer(replica_app, name="replica")
 
 
 @app.callback()

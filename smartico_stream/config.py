@@ -37,6 +37,7 @@ from smartico_stream.events.raw import Stream
 from smartico_stream.pipeline.dedup import MAX_ENTRIES as MAX_DEDUP_ENTRIES
 from smartico_stream.sinks.base import setting_errors
 from smartico_stream.sinks.registry import SinkSettings, unique_sink_names
+from smartico_stream.sources.replica.settings import ReplicaSettings
 
 ENV_PREFIX = "SMARTICO_STREAM_"
 RDKAFKA_ENV_PREFIX = "SMARTICO_STREAM_RDKAFKA_"
@@ -49,6 +50,7 @@ OTHER_ENV_NAMES = frozenset({
     "SMARTICO_STREAM_TEST_PG_DSN",
     "SMARTICO_STREAM_BENCH_PG_DSN",
     "SMARTICO_STREAM_BENCH_RABBITMQ_URL",
+    "SMARTICO_STREAM_REPLICA_PASSWORD",  # replica.password_env's default
 })
 
 # Exit codes of every command (README, "Exit codes").
@@ -401,10 +403,11 @@ class Settings(_AllProblems, BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
     )
 
-    source: Literal["kafka", "rabbitmq"] = "kafka"
+    source: Literal["kafka", "rabbitmq", "replica"] = "kafka"
     adapter: str = Field(default="reference", description="adapter name (entry point) mapping operator records")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     rabbitmq: RabbitMqSettings = Field(default_factory=RabbitMqSettings)
+    replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
@@ -423,6 +426,8 @@ class Settings(_AllProblems, BaseSettings):
     )
 
     def cross_field_problems(self) -> list[Problem]:
+        if self.source == "replica" and not self.replica.dsn:
+            return [(("replica", "dsn"), "is required with source: replica", frozenset({"source", "replica.dsn"}))]
         # The heartbeat is the poll loop turning; the longest single wait inside one turn must fit.
         longest = self.kafka.dead_letter_flush_timeout_s + self.kafka.poll_timeout_s
         if self.metrics.heartbeat_timeout_s <= longest:

@@ -256,7 +256,14 @@ class RabbitMqTransport:
         await self.source.close()
 
 
-def transport_for(settings: Settings, ownership: Ownership, metrics: Metrics, protect: Protector) -> Transport:
+def transport_for(settings: Settings, ownership: Ownership, metrics: Metrics, protect: Protector,
+                  store: Store | None = None) -> Transport:
     if settings.source == "rabbitmq":
         return RabbitMqTransport(settings, ownership, metrics, protect)
+    if settings.source == "replica":
+        from smartico_stream.sources.replica.transport import ReplicaTransport
+
+        if store is None:
+            raise ValueError("the replica transport keeps its leases, cursors and dead letters in the store")
+        return ReplicaTransport(settings, ownership, metrics, protect, store)
     return KafkaTransport(settings, ownership, metrics, protect)

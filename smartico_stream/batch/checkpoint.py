@@ -79,10 +79,12 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """What the store records as a batch's progress: Kafka offsets, or RabbitMQ handled ids."""
+    """What the store records as a batch's progress: Kafka offsets, RabbitMQ handled ids, or
+    replica views' cursors (encoded text)."""
 
     offsets: dict[PartitionId, int] = field(default_factory=dict)
     handled_ids: dict[PartitionId, list[str]] = field(default_factory=dict)
+    cursors: dict[PartitionId, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +296,7 @@ class Checkpoint:
             handled_messages=progress.handled_ids,
             handled_at=now,
             handled_horizon=now - env.handled_retention_s,
+            cursors=progress.cursors,
         )
 
     def _after_commit(self, applied: _Applied) -> None:

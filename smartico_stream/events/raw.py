@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 # Defined here, beside RawRecord, because every stage downstream of the source (pipeline, engine,
 # store, relay, transports) keys its work by them and this is the lowest module they all import.
@@ -26,7 +28,9 @@ class Stream(StrEnum):
 class RawRecord:
     """One broker record, transport-neutral. For Kafka, ``topic``/``partition``/``offset`` are the
     record's coordinates; for RabbitMQ, ``topic`` is the queue, ``partition`` 0 and ``offset`` the
-    delivery tag. ``timestamp_ms`` is the broker timestamp (0 when the broker gives none)."""
+    delivery tag; for a replica view, ``topic`` is the view, ``partition`` 0 and ``offset`` the row's
+    place in this process's reading. ``timestamp_ms`` is the broker timestamp (0 when the broker gives
+    none; a view's cursor time)."""
 
     transport: str
     topic: str
@@ -40,3 +44,6 @@ class RawRecord:
     # RabbitMQ: the broker may deliver a message again after a crash; the id tells it was handled.
     message_id: str | None = None
     redelivered: bool = False
+    # A replica view: the row itself, with the driver's native types (datetime, Decimal, int), which
+    # the pipeline hands to the adapter as the decoded message (``value`` is None then).
+    row: Mapping[str, Any] | None = None

@@ -146,6 +146,34 @@ class Metrics:
             registry=r,
         )
         # RabbitMQ source (per queue)
+        # The replica-database source, per view (a view is a topic; docs/replica.md).
+        self.replica_rows = Counter(
+            "smartico_stream_replica_rows", "Rows read from the replica, by view", ["view"], registry=r
+        )
+        self.replica_query_seconds = Histogram(
+            "smartico_stream_replica_query_seconds", "Time of one page query, by view", ["view"],
+            buckets=_BATCH_SECONDS_BUCKETS, registry=r,
+        )
+        self.replica_cycle_seconds = Histogram(
+            "smartico_stream_replica_cycle_seconds", "Time of one cycle over every view (reading and handling)",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0), registry=r,
+        )
+        self.replica_cycles = Counter(
+            "smartico_stream_replica_cycles", "Cycles over every view completed", registry=r
+        )
+        self.replica_cursor_lag = Gauge(
+            "smartico_stream_replica_cursor_lag_seconds",
+            "The database's now minus the committed cursor time, by view (0 once a view is read to its end)",
+            ["view"], registry=r,
+        )
+        self.replica_errors = Counter(
+            "smartico_stream_replica_errors", "Failed replica reads (retried), by view and error class",
+            ["view", "error_class"], registry=r,
+        )
+        self.replica_leader = Gauge(
+            "smartico_stream_replica_leader", "1 while this instance holds the views' lease and polls them",
+            registry=r,
+        )
         self.rabbitmq_deliveries = Counter(
             "smartico_stream_rabbitmq_deliveries", "Messages delivered to this instance, by queue", ["queue"],
             registry=r,

@@ -84,6 +84,33 @@ class BatchWrite:
     handled_messages: dict[PartitionId, list[str]] = field(default_factory=dict)
     handled_at: float = 0.0
     handled_horizon: float | None = None  # ids handled before this are deleted
+    # Sources whose progress is not an offset (a replica view's cursor, as encoded text)
+    cursors: dict[PartitionId, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """Who holds a partition's lease, since when (the last acquire or renewal), and its epoch."""
+
+    owner: str
+    epoch: int
+    renewed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A dead letter of a source without a broker to publish it to (a replica view), kept in the
+    store. ``coordinates`` names the record in its source (a view's cursor value and id) and is
+    unique per partition, so writing the same letter again (a redone batch) is harmless."""
+
+    partition: PartitionId
+    coordinates: str
+    offset: int
+    stage: str
+    error_class: str
+    message: str
+    payload: bytes | None
+    protection: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +161,28 @@ class Store(Protocol):
         """A value-free description when ``exc`` (raised by :meth:`commit` or :meth:`probe`) means the
         store refused the batch's content (bad data, not a lost connection, a fence or a conflict);
         else ``None``."""
+
+    async def source_cursors(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, str]:
+        """The stored cursors (see ``BatchWrite.cursors``) of those of ``partitions`` that have one."""
+
+    async def lease_holders(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, LeaseHolder]:
+        """The current lease of each of ``partitions`` that has one."""
+
+    async def renew_leases(self, owner: str, epochs: dict[PartitionId, int]) -> list[PartitionId]:
+        """Refresh the renewal time of the leases ``owner`` still holds at these epochs; the
+        partitions it no longer holds (taken over: their epoch moved on)."""
+
+    async def reset_source_cursor(self, partition: PartitionId, cursor: str, owner: str, actor: str,
+                                  reason: str) -> str | None:
+        """Move a partition's cursor by hand, audited (``cursor_resets``): takes the partition's lease
+        (fencing the current holder, which reloads the cursor when it takes the lease back), writes
+        ``cursor`` and returns the previous one."""
+
+    async def write_dead_letters(self, letters: Sequence[StoredDeadLetter]) -> None:
+        """Keep dead letters, in one transaction; a letter already kept is left as it is."""
+
+    async def dead_letters(self, partition: PartitionId | None = None) -> list[StoredDeadLetter]:
+        """The dead letters kept (of one partition, or all), for inspection and tests."""
 
     async def pending_actions(self, sink: str, partitions: Sequence[PartitionId], limit: int) -> list[OutboxRow]:
         """Actions of these partitions not yet delivered to ``sink``, at most ``limit``, in

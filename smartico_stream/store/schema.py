@@ -253,6 +253,45 @@ async def _migrate_to_batch_rows(conn: Any, dialect: Dialect) -> None:
 
 STATE_MIGRATIONS.append((4, _migrate_to_batch_rows))
 
+# Migration 5: sources whose progress is not an integer offset. A replica view's cursor (the last
+# row's cursor value and id, encoded by smartico_stream/sources/replica/cursor.py) is written in the
+# batch's transaction like a Kafka offset; dead letters of sources without a broker are kept here; a
+# cursor moved by hand (re-push on demand) is audited.
+STATE_MIGRATIONS.append((
+    5,
+    """
+    CREATE TABLE source_cursors (
+        topic TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        cursor TEXT NOT NULL,
+        PRIMARY KEY (topic, part)
+    );
+    CREATE TABLE dead_letters (
+        topic TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        coordinates TEXT NOT NULL,
+        source_offset BIGINT NOT NULL,
+        stage TEXT NOT NULL,
+        error_class TEXT NOT NULL,
+        message TEXT NOT NULL,
+        payload {BLOB},
+        protection TEXT NOT NULL,
+        failed_at TEXT NOT NULL,
+        PRIMARY KEY (topic, part, coordinates)
+    );
+    CREATE TABLE cursor_resets (
+        seq {SERIAL},
+        topic TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        previous TEXT,
+        cursor TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        reset_at TEXT NOT NULL
+    );
+    """,
+))
+
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 

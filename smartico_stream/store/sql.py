@@ -14,7 +14,16 @@ from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import HistoryEntry
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.raw import PartitionId, UserKey
-from smartico_stream.store.base import BatchWrite, ConflictError, FencedError, Lease, OutboxRow, RowEncodingError
+from smartico_stream.store.base import (
+    BatchWrite,
+    ConflictError,
+    FencedError,
+    Lease,
+    LeaseHolder,
+    OutboxRow,
+    RowEncodingError,
+    StoredDeadLetter,
+)
 from smartico_stream.store.packing import (
     history_entry,
     history_fields,
@@ -310,6 +319,12 @@ class SqlStore:
                 "ON CONFLICT (topic, part) DO UPDATE SET next_offset = excluded.next_offset",
                 [(t, p, o) for (t, p), o in batch.offsets.items()],
             )
+        if batch.cursors:
+            await conn.executemany(
+                "INSERT INTO source_cursors (topic, part, cursor) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, part) DO UPDATE SET cursor = excluded.cursor",
+                [(t, p, c) for (t, p), c in batch.cursors.items()],
+            )
 
     async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
         found: dict[UserKey, UserState] = {}
@@ -332,6 +347,99 @@ class SqlStore:
                 )
                 found.update(r[0] for r in rows)
         return found
+
+    # cursors, leases held by renewal, dead letters kept in the store ------------------------------
+
+    async def source_cursors(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, str]:
+        found: dict[PartitionId, str] = {}
+        async with self.connection() as conn:
+            for chunk in _chunks(sorted(partitions), self._PARTITION_CHUNK):
+                rows = await conn.fetch(
+                    f"SELECT topic, part, cursor FROM source_cursors WHERE {_each_partition(len(chunk))}",
+                    *(arg for tp in chunk for arg in tp),
+                )
+                found.update(((topic, int(part)), str(cursor)) for topic, part, cursor in rows)
+        return found
+
+    async def lease_holders(self, partitions: Sequence[PartitionId]) -> dict[PartitionId, LeaseHolder]:
+        found: dict[PartitionId, LeaseHolder] = {}
+        async with self.connection() as conn:
+            for chunk in _chunks(sorted(partitions), self._PARTITION_CHUNK):
+                rows = await conn.fetch(
+                    "SELECT topic, part, owner, epoch, acquired_at FROM partition_leases "
+                    f"WHERE {_each_partition(len(chunk))}",
+                    *(arg for tp in chunk for arg in tp),
+                )
+                for topic, part, owner, epoch, at in rows:
+                    found[(topic, int(part))] = LeaseHolder(str(owner), int(epoch), datetime.fromisoformat(at))
+        return found
+
+    async def renew_leases(self, owner: str, epochs: dict[PartitionId, int]) -> list[PartitionId]:
+        lost: list[PartitionId] = []
+        now = _now()
+        async with self.transaction() as conn:
+            for (topic, part), epoch in sorted(epochs.items()):
+                changed = await conn.execute_count(
+                    "UPDATE partition_leases SET acquired_at = ? WHERE topic = ? AND part = ? AND owner = ? "
+                    "AND epoch = ?",
+                    now, topic, part, owner, epoch,
+                )
+                if not changed:
+                    lost.append((topic, part))
+        return lost
+
+    async def reset_source_cursor(self, partition: PartitionId, cursor: str, owner: str, actor: str,
+                                  reason: str) -> str | None:
+        topic, part = partition
+        now = _now()
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO partition_leases (topic, part, owner, epoch, acquired_at) VALUES (?, ?, ?, 1, ?) "
+                "ON CONFLICT (topic, part) DO UPDATE SET owner = excluded.owner, "
+                "epoch = partition_leases.epoch + 1, acquired_at = excluded.acquired_at",
+                topic, part, owner, now,
+            )
+            rows = await conn.fetch("SELECT cursor FROM source_cursors WHERE topic = ? AND part = ?", topic, part)
+            previous = str(rows[0][0]) if rows else None
+            await conn.execute(
+                "INSERT INTO source_cursors (topic, part, cursor) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, part) DO UPDATE SET cursor = excluded.cursor",
+                topic, part, cursor,
+            )
+            await conn.execute(
+                "INSERT INTO cursor_resets (topic, part, previous, cursor, actor, reason, reset_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                topic, part, previous, cursor, actor, reason, now,
+            )
+        return previous
+
+    async def write_dead_letters(self, letters: Sequence[StoredDeadLetter]) -> None:
+        if not letters:
+            return
+        now = _now()
+        async with self.transaction() as conn:
+            await conn.executemany(
+                "INSERT INTO dead_letters (topic, part, coordinates, source_offset, stage, error_class, message, "
+                "payload, protection, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (topic, part, coordinates) DO NOTHING",
+                [(*d.partition, d.coordinates, d.offset, d.stage, d.error_class, d.message, d.payload, d.protection,
+                  now) for d in letters],
+            )
+
+    async def dead_letters(self, partition: PartitionId | None = None) -> list[StoredDeadLetter]:
+        sql = ("SELECT topic, part, coordinates, source_offset, stage, error_class, message, payload, protection "
+               "FROM dead_letters")
+        args: list[Any] = []
+        if partition is not None:
+            sql += " WHERE topic = ? AND part = ?"
+            args = list(partition)
+        async with self.connection() as conn:
+            rows = await conn.fetch(sql + " ORDER BY failed_at, topic, part, coordinates", *args)
+        return [
+            StoredDeadLetter((topic, int(part)), coordinates, int(offset), stage, error_class, message,
+                             bytes(payload) if payload is not None else None, protection)
+            for topic, part, coordinates, offset, stage, error_class, message, payload, protection in rows
+        ]
 
     # outbox ------------------------------------------------------------------------------------
 

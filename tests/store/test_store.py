@@ -47,7 +47,7 @@ P1 = ("payments", 1)
 P2 = ("casino", 2)
 TABLES = (
     "users", "outbox", "sink_cursors", "history", "dedup_keys", "source_offsets", "handled_messages",
-    "partition_leases",
+    "partition_leases", "source_cursors", "dead_letters", "cursor_resets",
 )
 
 
