@@ -303,7 +303,16 @@ def rules_check(path: Annotated[Path, typer.Argument(help="rule file or folder",
         typer.echo(f"ok  {rule.id:<32} trigger={rule.spec.trigger.event}  priority={rule.spec.priority}")
     for rule_id in rules.disabled:
         typer.echo(f"off {rule_id:<32} (enabled: false)")
-    typer.echo(f"{len(rules.rules)} enabled, {len(rules.disabled)} disabled")
+    from smartico_stream.engine.scheduled.spec import load_scheduled_rules
+
+    try:
+        scheduled = load_scheduled_rules(path)
+    except RuleLoadError as exc:
+        _fail(str(exc), 1)
+    for rule_id, scheduled_rule in scheduled.items():
+        typer.echo(f"ok  {rule_id:<32} schedule={scheduled_rule.spec.schedule.type}  "
+                   f"priority={scheduled_rule.spec.priority}")
+    typer.echo(f"{len(rules.rules) + len(scheduled)} enabled, {len(rules.disabled)} disabled")
 
 
 @rules_app.command("fields")
@@ -686,6 +695,12 @@ def _bench() -> None:
 # The summaries above are the real commands' first paragraphs (tests/bench/test_bench.py compares them).
 app.command("lag", cls=_lazy("smartico_stream.ops.lag:lag_command"))(_lag)
 app.command("bench", cls=_lazy("smartico_stream.bench.command:bench_command"))(_bench)
+
+
+# Audience estimate and rule control: smartico_stream/scheduler/commands.py (imports lazily).
+from smartico_stream.scheduler.commands import register as _register_rule_commands  # noqa: E402
+
+_register_rule_commands(rules_app)
 
 
 def main() -> None:

@@ -249,6 +249,14 @@ class RuleSet:
     def for_event(self, event_type: str) -> tuple[Rule, ...]:
         return self.by_event_type.get(event_type, ())
 
+    def without(self, stopped: Iterable[str]) -> RuleSet:
+        """This rule set less the rules stopped by an operator (``rules stop``): a stopped rule
+        ignores events until started again. Built once per status change, not per event."""
+        gone = frozenset(stopped) & {rule.id for rule in self.rules}
+        if not gone:
+            return self
+        return RuleSet.of((rule for rule in self.rules if rule.id not in gone), (*self.disabled, *sorted(gone)))
+
 
 # Loading ---------------------------------------------------------------------------------------
 
@@ -272,6 +280,8 @@ def load_rules(path: Path) -> RuleSet:
     seen: dict[str, Path] = {}
     for file in files:
         for index, raw in enumerate(_read_rule_list(file, problems)):
+            if isinstance(raw, dict) and "schedule" in raw and "trigger" not in raw:
+                continue  # a scheduled rule: engine.scheduled.spec loads those
             rule_label = f"{file}: rule {raw.get('id', f'#{index + 1}') if isinstance(raw, dict) else f'#{index + 1}'}"
             try:
                 spec = RuleSpec.model_validate(raw)

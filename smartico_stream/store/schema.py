@@ -292,6 +292,68 @@ STATE_MIGRATIONS.append((
     """,
 ))
 
+# Migration 6: scheduled rules (smartico_stream/store/scheduled.py). A rule's status (active or
+# stopped by an operator, for real-time rules too) and its audit trail; the scheduler's leader row
+# (who may take the scheduled-actions partition's lease); runs, each with its audience fixed at the
+# run's instant (one row per user, numbered: ``position`` is the next to execute, so a resumed run
+# skips nobody and repeats nobody); and which users each rule executed for, when.
+STATE_MIGRATIONS.append((
+    6,
+    """
+    CREATE TABLE rule_status (
+        rule_id TEXT PRIMARY KEY,
+        active INTEGER NOT NULL,
+        active_since TEXT NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at TEXT NOT NULL
+    );
+    CREATE TABLE rule_status_audit (
+        seq {SERIAL},
+        rule_id TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        changed_at TEXT NOT NULL,
+        note TEXT
+    );
+    CREATE INDEX rule_status_audit_rule ON rule_status_audit (rule_id, seq);
+    CREATE TABLE scheduler_leader (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        epoch BIGINT NOT NULL,
+        expires_at TEXT NOT NULL
+    );
+    CREATE TABLE scheduled_runs (
+        run_id TEXT PRIMARY KEY,
+        rule_id TEXT NOT NULL,
+        scheduled_at TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        status TEXT NOT NULL,
+        audience INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        executed INTEGER NOT NULL,
+        skipped INTEGER NOT NULL
+    );
+    CREATE INDEX scheduled_runs_rule ON scheduled_runs (rule_id, scheduled_at);
+    CREATE TABLE scheduled_run_users (
+        run_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        brand TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (run_id, idx)
+    );
+    CREATE TABLE scheduled_executions (
+        rule_id TEXT NOT NULL,
+        brand TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        executed_at TEXT NOT NULL,
+        PRIMARY KEY (rule_id, run_id, brand, user_id)
+    );
+    CREATE INDEX scheduled_executions_recent ON scheduled_executions (rule_id, executed_at)
+    """,
+))
+
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 

@@ -257,6 +257,12 @@ class SqlStore:
         async with self.transaction() as conn:
             await self._write(conn, batch)
 
+    async def write_in(self, conn: Connection, batch: BatchWrite) -> None:
+        """Write ``batch`` inside a transaction the caller holds (``transaction()``), fenced and
+        version-checked like :meth:`commit`: the scheduler adds its run's progress to the same
+        transaction."""
+        await self._write(conn, batch)
+
     async def probe(self, batch: BatchWrite) -> None:
         """Dry run of :meth:`commit` (the batch is written, then rolled back): how a batch the store
         refused is searched for the record that caused it (docs/exactly-once.md)."""
