@@ -48,6 +48,8 @@ P2 = ("casino", 2)
 TABLES = (
     "users", "outbox", "sink_cursors", "history", "dedup_keys", "source_offsets", "handled_messages",
     "partition_leases", "source_cursors", "dead_letters", "cursor_resets",
+    "rule_status", "rule_status_audit", "scheduler_leader", "scheduled_runs", "scheduled_run_users",
+    "scheduled_executions",
 )
 
 
