@@ -152,6 +152,14 @@ def validate_drafts(drafts: Sequence[Any], now: datetime | None = None) -> Valid
     ones are validated again without them). ``now`` is the instant "in the past" is checked
     against (default: the clock, read once)."""
     context = {"now": now or datetime.now(UTC)}
+    if any(type(item) in _ONE for item in drafts):
+        # Records an adapter built with validate_event are validated already: kept as they are.
+        todo = [index for index, item in enumerate(drafts) if type(item) not in _ONE]
+        inner = validate_drafts([drafts[index] for index in todo], context["now"])
+        merged: list[EventRecord | None] = list(drafts)
+        for position, index in enumerate(todo):
+            merged[index] = inner.events[position]
+        return ValidatedBatch(merged, {todo[position]: error for position, error in inner.errors.items()})
     items = [_as_draft(item) for item in drafts]
     try:
         return ValidatedBatch(list(_BATCH.validate_python(items, context=context)), {})

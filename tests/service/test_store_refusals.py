@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from smartico_stream.adapters.base import RecordContext
+from smartico_stream.adapters.base import RecordContext, canonical_events
 from smartico_stream.adapters.registry import load_adapter
 from smartico_stream.engine.rules import load_rules
 from smartico_stream.events.models import CanonicalEvent
@@ -54,7 +54,8 @@ class PoisoningAdapter:
 
     def adapt(self, message: Mapping[str, Any], context: RecordContext) -> Sequence[CanonicalEvent]:
         poison = message.get("test_poison")
-        events = self._inner.adapt({k: v for k, v in message.items() if k != "test_poison"}, context)
+        # Validated records (as the pipeline would make them), poisoned after validation.
+        events = canonical_events(self._inner, {k: v for k, v in message.items() if k != "test_poison"}, context)
         for event in events:
             if poison == "bigint":
                 event.extra["lucky_number"] = BIG  # e.g. an adapter reading numeric strings as integers
