@@ -30,7 +30,6 @@ from smartico_stream.batch.observer import (
     StatsObserver,
 )
 from smartico_stream.batch.ownership import Ownership
-from smartico_stream.batch.rows import RowPipeline
 from smartico_stream.batch.states import StateCache
 from smartico_stream.config import EXIT_CONFIG, Settings, StartupError
 from smartico_stream.engine.base import Engine
@@ -131,9 +130,7 @@ class Service:
         self.pii = pii_components(settings.pii)
         self.transport = transport_for(settings, self.ownership, self.metrics, self.pii.protect_dead_letters,
                                        self.store)
-        # A replica view's records carry rows, not bytes (smartico_stream/batch/rows.py).
-        pipeline_class = RowPipeline if settings.source == "replica" else Pipeline
-        self.pipeline = pipeline_class(
+        self.pipeline = Pipeline(
             adapter=adapter or load_adapter(settings.adapter),
             stream_of_topic=self.transport.stream_of_topic,
             dedup_window_for=self.ownership.window_for,

@@ -120,7 +120,6 @@ _DUMP_DEFAULTS: dict[str, dict[str, Any]] = {
     for event_type in model.event_type
 }
 _ONE: dict[type[Any], TypeAdapter[Any]] = {record: TypeAdapter(record) for record in _RECORDS}
-_DUMP: dict[type[Any], TypeAdapter[Any]] = _ONE
 
 
 class UnknownDraftType(ValueError):
@@ -149,33 +148,31 @@ def _as_draft(item: Any) -> Any:
 
 def validate_drafts(drafts: Sequence[Any], now: datetime | None = None) -> ValidatedBatch:
     """Validate a batch of drafts in one pydantic-core call (two when some are invalid: the valid
-    ones are validated again without them). ``now`` is the instant "in the past" is checked
-    against (default: the clock, read once)."""
+    ones are validated again without them). Records an adapter built with :func:`validate_event` are
+    validated already and kept as they are. ``now`` is the instant "in the past" is checked against
+    (default: the clock, read once)."""
     context = {"now": now or datetime.now(UTC)}
-    if any(type(item) in _ONE for item in drafts):
-        # Records an adapter built with validate_event are validated already: kept as they are.
-        todo = [index for index, item in enumerate(drafts) if type(item) not in _ONE]
-        inner = validate_drafts([drafts[index] for index in todo], context["now"])
-        merged: list[EventRecord | None] = list(drafts)
-        for position, index in enumerate(todo):
-            merged[index] = inner.events[position]
-        return ValidatedBatch(merged, {todo[position]: error for position, error in inner.errors.items()})
-    items = [_as_draft(item) for item in drafts]
-    try:
-        return ValidatedBatch(list(_BATCH.validate_python(items, context=context)), {})
-    except ValidationError as exc:
-        bad = sorted({int(err["loc"][0]) for err in exc.errors(include_url=False, include_input=False)})
+    events: list[EventRecord | None] = list(drafts)
+    todo = [index for index, item in enumerate(drafts) if type(item) not in _ONE]
+    items = [_as_draft(drafts[index]) for index in todo]
     errors: dict[int, Exception] = {}
-    for index in bad:
-        try:
-            validate_event(items[index], context["now"])
-        except (ValidationError, UnknownDraftType, TypeError) as error:
-            errors[index] = error
-        else:  # pragma: no cover - pydantic-core validates one item alone as it does in a list
-            raise RuntimeError("a draft that failed in its batch validated alone")
-    good = [index for index in range(len(items)) if index not in errors]
-    events: list[EventRecord | None] = [None] * len(items)
-    for index, event in zip(good, _BATCH.validate_python([items[i] for i in good], context=context), strict=True):
+    try:
+        validated = _BATCH.validate_python(items, context=context)
+    except ValidationError as exc:
+        bad = {int(err["loc"][0]) for err in exc.errors(include_url=False, include_input=False)}
+        for position in sorted(bad):
+            try:
+                validate_event(items[position], context["now"])
+            except (ValidationError, UnknownDraftType, TypeError) as error:
+                errors[todo[position]] = error
+            else:  # pragma: no cover - pydantic-core validates one item alone as it does in a list
+                raise RuntimeError("a draft that failed in its batch validated alone") from None
+        todo = [index for position, index in enumerate(todo) if position not in bad]
+        validated = _BATCH.validate_python([items[position] for position in range(len(items)) if position not in bad],
+                                           context=context)
+        for index in errors:
+            events[index] = None
+    for index, event in zip(todo, validated, strict=True):
         events[index] = event
     return ValidatedBatch(events, errors)
 
@@ -194,7 +191,7 @@ def validate_event(draft: Any, now: datetime | None = None) -> EventRecord:
 
 def dump_event(event: EventRecord, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """The JSON form of a record, as ``model_dump(mode="json", exclude_none=True)`` gives for its model."""
-    dumped: dict[str, Any] = _DUMP[type(event)].dump_python(
+    dumped: dict[str, Any] = _ONE[type(event)].dump_python(
         event, mode="json", exclude_none=True, exclude=set(exclude) | {"source"}
     )
     for name, default in _DUMP_DEFAULTS.get(event.type, {}).items():

@@ -280,6 +280,11 @@ class Pipeline:
         return self.apply(self.prepare(records), engine)
 
     def _decode(self, record: RawRecord) -> tuple[dict[str, object], RecordContext]:
+        """The record's message and its context. A row (a replica view's, ``RawRecord.row``) is its
+        own message, with the driver's native types; bytes are JSON."""
+        row = record.row
+        if row is not None:
+            return self._decode_row(record, row)
         value = record.value
         if value is None or not value:
             raise DecodeError("record has no value (a tombstone or an empty message)")
@@ -293,13 +298,22 @@ class Pipeline:
         if not isinstance(message, dict):
             raise NotAnObject(f"the JSON value is {_json_kind(message)}, not an object")
         check_storable(value, message)
-        context = RecordContext(
+        return message, self._context(record)
+
+    def _decode_row(self, record: RawRecord, row: Mapping[str, Any]) -> tuple[dict[str, object], RecordContext]:
+        if record.key is None and self._limits.require_key:
+            raise MissingKey("row has no user id; every view needs its user id column (user_column)")
+        message = dict(row)
+        check_row(message)
+        return message, self._context(record)
+
+    def _context(self, record: RawRecord) -> RecordContext:
+        return RecordContext(
             stream=self._stream_of_topic[record.topic],
             topic=record.topic,
             key=record.key.decode("utf-8", "replace") if record.key is not None else None,
             headers=dict(record.headers),
         )
-        return message, context
 
     def _drop_repeats(
         self,
@@ -378,6 +392,7 @@ _TINY_EXPONENT = b"0e-000"
 _NUL_ESCAPE = b"\\u0000"  # the only way a NUL can be in valid JSON text
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _NUL_REASON = "contains a NUL character (\\u0000), which stores refuse"
+_ROW_NUL_REASON = "contains a NUL character, which stores refuse"
 _SURROGATE_REASON = "contains a lone surrogate (a \\ud800-\\udfff escape not in a pair), which stores refuse"
 # Deep enough for any real message; pydantic's JSON validation breaks (as "cyclic reference") at 255.
 _DEPTH_REASON = f"nested deeper than {MAX_NESTING} levels"
@@ -498,6 +513,14 @@ def check_storable(value: bytes, message: dict[str, object]) -> None:
         bad = _paths(message, _has_nul)
         if bad:
             raise InvalidText(_describe(bad, _NUL_REASON))
+
+
+def check_row(row: Mapping[str, object]) -> None:
+    """Refuse what a store would refuse in a view's row (as :func:`check_storable` does for JSON): a
+    NUL in a text column. Names the column, never the value."""
+    bad = [column for column, value in row.items() if isinstance(value, str) and "\x00" in value]
+    if bad:
+        raise InvalidText("; ".join(f"column {column} {_ROW_NUL_REASON}" for column in bad[:3]))
 
 
 def _has_nul(text: str) -> bool:
