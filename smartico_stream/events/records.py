@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -108,8 +108,29 @@ else:
 _RECORD_BY_TYPE: dict[str, type[Any]] = {
     event_type.value: record for record in _RECORDS for event_type in record.event_type
 }
+
+
+class _Invalid:
+    """Stands in the batch's result for a draft that failed: the list validates to the end."""
+
+    __slots__ = ()
+
+
+_INVALID = _Invalid()
+
+
+def _keep_going(draft: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # Without this one invalid draft fails the whole list, and every valid draft of the batch would
+    # be validated a second time (a batch of the bench stream nearly always holds one): 3.4 µs per
+    # event, against 0.3 µs for this call.
+    try:
+        return handler(draft)
+    except ValidationError:
+        return _INVALID
+
+
 _BATCH: TypeAdapter[list[Any]] = TypeAdapter(
-    list[Annotated[Union[_RECORDS], Field(discriminator="type")]]  # type: ignore[valid-type]  # noqa: UP007
+    list[Annotated[Union[_RECORDS], Field(discriminator="type"), WrapValidator(_keep_going)]]  # type: ignore[valid-type]  # noqa: UP007
 )
 _DUMP_DEFAULTS: dict[str, dict[str, Any]] = {
     event_type.value: {
@@ -147,8 +168,8 @@ def _as_draft(item: Any) -> Any:
 
 
 def validate_drafts(drafts: Sequence[Any], now: datetime | None = None) -> ValidatedBatch:
-    """Validate a batch of drafts in one pydantic-core call (two when some are invalid: the valid
-    ones are validated again without them). Records an adapter built with :func:`validate_event` are
+    """Validate a batch of drafts in one pydantic-core call; each invalid draft is then validated
+    alone, for the error its model gives. Records an adapter built with :func:`validate_event` are
     validated already and kept as they are. ``now`` is the instant "in the past" is checked against
     (default: the clock, read once)."""
     context = {"now": now or datetime.now(UTC)}
@@ -156,24 +177,17 @@ def validate_drafts(drafts: Sequence[Any], now: datetime | None = None) -> Valid
     todo = [index for index, item in enumerate(drafts) if type(item) not in _ONE]
     items = [_as_draft(drafts[index]) for index in todo]
     errors: dict[int, Exception] = {}
-    try:
-        validated = _BATCH.validate_python(items, context=context)
-    except ValidationError as exc:
-        bad = {int(err["loc"][0]) for err in exc.errors(include_url=False, include_input=False)}
-        for position in sorted(bad):
-            try:
-                validate_event(items[position], context["now"])
-            except (ValidationError, UnknownDraftType, TypeError) as error:
-                errors[todo[position]] = error
-            else:  # pragma: no cover - pydantic-core validates one item alone as it does in a list
-                raise RuntimeError("a draft that failed in its batch validated alone") from None
-        todo = [index for position, index in enumerate(todo) if position not in bad]
-        validated = _BATCH.validate_python([items[position] for position in range(len(items)) if position not in bad],
-                                           context=context)
-        for index in errors:
-            events[index] = None
-    for index, event in zip(todo, validated, strict=True):
-        events[index] = event
+    for index, item, event in zip(todo, items, _BATCH.validate_python(items, context=context), strict=True):
+        if event is not _INVALID:
+            events[index] = event
+            continue
+        events[index] = None
+        try:
+            validate_event(item, context["now"])
+        except (ValidationError, UnknownDraftType, TypeError) as error:
+            errors[index] = error
+        else:  # pragma: no cover - pydantic-core validates one item alone as it does in a list
+            raise RuntimeError("a draft that failed in its batch validated alone")
     return ValidatedBatch(events, errors)
 
 
