@@ -4,7 +4,7 @@ A scheduled run executes each user of its audience once. The actions are the rul
 with deterministic ids built from the rule, the run and the user (``brand/run/user/rule/index``
 through :func:`~smartico_stream.engine.actions.action_id`, the run and user standing in for the
 event), so a resumed or repeated step produces the same ids. The effects on the user's points, tags
-and level are those a real-time firing of one execution has (``evaluator._apply_effects``).
+and level are those a real-time firing of one execution has (``outcomes.apply_effects``).
 A user whose account is not ACTIVE gets nothing; the history says why.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from smartico_stream.engine.actions import Action, action_id
-from smartico_stream.engine.evaluator import EXECUTED, SKIPPED, HistoryEntry, _apply_effects
 from smartico_stream.engine.firing import params_for_executions
+from smartico_stream.engine.outcomes import EXECUTED, SKIPPED, HistoryEntry, apply_effects
 from smartico_stream.engine.scheduled.spec import ScheduledRule
 from smartico_stream.engine.state import UserState
 
@@ -61,7 +61,7 @@ def execute_for_user(rule: ScheduledRule, state: UserState, run_id: str, at: dat
         )
         for index, (kind, params) in enumerate(specs)
     ]
-    _apply_effects(state, specs, 1)
+    apply_effects(state, specs, 1)
     state.progress(rule.id).executions += 1
     entry = HistoryEntry(state.brand, state.user, rule.id, run_id, SCHEDULED_RUN, at, EXECUTED, executions=1)
     return UserOutcome(True, actions, [entry])
