@@ -13,6 +13,7 @@ from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.engine.state import UserState
 from smartico_stream.events.models import CanonicalEvent
 from smartico_stream.events.raw import PartitionId, UserKey
+from smartico_stream.tracebacks import detached
 
 
 @dataclass
@@ -41,7 +42,7 @@ class BatchEngine:
             try:
                 self.rules.evaluate(state, event, out)
             except Exception as exc:  # noqa: BLE001 - reported per event; the caller redoes the batch without it
-                errors.append((index, exc))
+                errors.append((index, detached(exc)))
                 continue
             source = event.source
             partition = (source.topic, source.partition or 0) if source is not None else ("", 0)

@@ -32,6 +32,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from smartico_stream.events.models import EVENT_MODELS, CanonicalEvent, PlatformAggregates
+from smartico_stream.tracebacks import detached
 
 __all__ = [
     "SENT_ONLY",
@@ -185,7 +186,7 @@ def validate_drafts(drafts: Sequence[Any], now: datetime | None = None) -> Valid
         try:
             validate_event(item, context["now"])
         except (ValidationError, UnknownDraftType, TypeError) as error:
-            errors[index] = error
+            errors[index] = detached(error)
         else:  # pragma: no cover - pydantic-core validates one item alone as it does in a list
             raise RuntimeError("a draft that failed in its batch validated alone")
     return ValidatedBatch(events, errors)

@@ -44,6 +44,7 @@ from smartico_stream.pipeline.errors import (
     TooDeep,
     describe_error,
 )
+from smartico_stream.tracebacks import detached
 
 OK = "ok"
 DEDUPLICATED = "deduplicated"
@@ -162,12 +163,12 @@ class Pipeline:
             try:
                 message, context = self._decode(record)
             except Exception as exc:  # noqa: BLE001 - any failure on one record dead-letters it
-                failed[position] = ("decode", exc)
+                failed[position] = ("decode", detached(exc))
                 continue
             try:
                 produced = list(self._adapter.adapt(message, context))
             except Exception as exc:  # noqa: BLE001 - an adapter bug is a dead letter, not a crash
-                failed[position] = ("adapt", exc)
+                failed[position] = ("adapt", detached(exc))
                 continue
             spans[position] = (len(drafts), len(drafts) + len(produced))
             drafts.extend(produced)
@@ -246,7 +247,7 @@ class Pipeline:
             try:
                 outcomes: Sequence[tuple[int, Outcome]] = engine.apply_user_events(user, [e for _, e in pairs])
             except Exception as exc:  # noqa: BLE001 - an engine bug on one user must not stop the others
-                outcomes = [(0, exc)]
+                outcomes = [(0, detached(exc))]
             skipped = set()
             for index, outcome in outcomes:
                 item = pairs[index][0]
