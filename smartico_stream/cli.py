@@ -131,9 +131,10 @@ def _librdkafka_refusal(exc: KafkaException, settings: Settings, origin: str) ->
     return f"{origin}: invalid configuration\n  {setting}.{name}: librdkafka refuses it: {text}{via}"
 
 
-async def _until_signalled(run: Any) -> None:
+async def _until_signalled(run: Any, on_hangup: Any = None) -> None:
     """Run ``run(stop)`` and set ``stop`` on SIGTERM/SIGINT, so the batch in hand is finished. A
-    second signal exits at once (what was not committed is read again on restart)."""
+    second signal exits at once (what was not committed is read again on restart). SIGHUP calls
+    ``on_hangup`` (the service reloads its rule files between two batches)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -144,6 +145,8 @@ async def _until_signalled(run: Any) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    if on_hangup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await run(stop)
 
 
@@ -177,7 +180,7 @@ def run(config: ConfigOption) -> None:
     except KafkaException as exc:  # the source's consumer or the dead-letter producer refused a setting
         _fail(_librdkafka_refusal(exc, settings, str(config)))
     # A dependency that stops the start (store, port, broker login) is a StartupError: see _Commands.
-    uvloop.run(_until_signalled(service.run))
+    uvloop.run(_until_signalled(service.run, service.request_reload))
 
 
 @app.command()
@@ -349,10 +352,18 @@ def simulate(
     stream: Annotated[str | None, typer.Option(help="stream of bare (non-envelope) lines")] = None,
     pii_keys: Annotated[Path | None, typer.Option(help="PII key ring (JSON); without it PII is dropped")] = None,
     pii_state: Annotated[Path | None, typer.Option(help="keep the encrypted PII store here")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="scheduled rules: go on to this instant after the last record (ISO date-time with an offset, "
+        "e.g. 2026-06-01T09:00:00Z); `now` rules run at the end of the timeline",
+    )] = None,
 ) -> None:
-    """Dry run: print every action as one JSON line (deterministic: same input, same bytes)."""
+    """Dry run: print every action as one JSON line (deterministic: same input, same bytes).
+    Scheduled rules run on the input's event timeline (docs/rules.md, Scheduled rules)."""
+    from datetime import datetime
+
     from smartico_stream.adapters.registry import UnknownAdapter, load_adapter
-    from smartico_stream.engine.rules import RuleLoadError, load_rules
+    from smartico_stream.engine.rule_files import load_rule_files
+    from smartico_stream.engine.rules import RuleLoadError
     from smartico_stream.events.raw import Stream
     from smartico_stream.pipeline.pipeline import PipelineLimits
     from smartico_stream.simulate import InputError, read_records
@@ -368,8 +379,17 @@ def simulate(
             _fail(str(exc))
     limits = (PipelineLimits(settings.limits.max_message_bytes, settings.limits.require_key) if settings
               else PipelineLimits(require_key=False))
+    until_at = None
+    if until is not None:
+        try:
+            until_at = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError:
+            _fail(f"--until {until!r}: expected an ISO date-time such as 2026-06-01T09:00:00Z")
+        if until_at is None or until_at.tzinfo is None:
+            _fail(f"--until {until!r}: give the offset (Z or +02:00): the instant must be unambiguous")
     try:
-        rule_set = load_rules(rules)
+        loaded = load_rule_files(rules)
+        rule_set = loaded.real_time
         mapper = load_adapter(adapter or (settings.adapter if settings else "reference"))
         default_stream = Stream(stream) if stream else None
     except (RuleLoadError, UnknownAdapter) as exc:
@@ -377,6 +397,7 @@ def simulate(
     except ValueError:
         _fail(f"unknown stream {stream!r}; one of: {', '.join(Stream)}")
     out = sys.stdout.buffer
+    configure_logging("WARNING", "console")  # stdout is the actions only; the scheduler's notes are INFO
 
     def emit(actions: list[Any]) -> None:
         for action in actions:
@@ -399,14 +420,16 @@ def simulate(
     try:
         summary = asyncio.run(
             run_simulation(read_records(events, default_stream), mapper, rule_set, emit, state, limits=limits,
-                           guard=guard, vault=vault, dedup=settings.dedup if settings else None)
+                           guard=guard, vault=vault, dedup=settings.dedup if settings else None,
+                           scheduled=loaded.scheduled, until=until_at)
         )
     except InputError as exc:
         _fail(str(exc))
     out.flush()
     typer.echo(
         f"records {summary.records}, processed {summary.processed}, deduplicated {summary.deduplicated}, "
-        f"dead-lettered {summary.dead_lettered}, actions {summary.actions}",
+        f"dead-lettered {summary.dead_lettered}, actions {summary.actions}"
+        + (f", scheduled runs {summary.scheduled_runs}" if loaded.scheduled else ""),
         err=True,
     )
 

@@ -331,6 +331,20 @@ class EngineSettings(_Section):
         description="long-lived objects are kept out of Python's garbage collector, with one full collection "
         "this often (0: Python's own schedule, whose full collections walk the whole state cache)",
     )
+    control_interval_s: float = Field(
+        default=2.0, gt=0,
+        description="how often the running service checks the store for rule stops/starts and reload requests "
+        "(between batches; SIGHUP reloads at once)",
+    )
+
+
+class SchedulerSettings(_Section):
+    enabled: bool = Field(default=True, description="run scheduled rules (one leader among the instances)")
+    lease_ttl_s: float = Field(
+        default=30.0, gt=0, description="the leader's lease; another instance takes over this long after it died",
+    )
+    step_users: int = Field(default=500, ge=1, description="most users of a run executed in one store transaction")
+    idle_s: float = Field(default=5.0, gt=0, description="longest sleep between two scheduler rounds")
 
 
 class OutboxSettings(_Section):
@@ -414,6 +428,7 @@ class Settings(_AllProblems, BaseSettings):
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     pii: PiiSettings = Field(default_factory=PiiSettings)
     sinks: Annotated[list[SinkSettings], AfterValidator(unique_sink_names)] = Field(

@@ -35,7 +35,9 @@ from smartico_stream.config import EXIT_CONFIG, Settings, StartupError
 from smartico_stream.engine.base import Engine
 from smartico_stream.engine.evaluator import RuleEngine
 from smartico_stream.engine.payments import PaymentDedup
-from smartico_stream.engine.rules import RuleSet, load_rules
+from smartico_stream.engine.rule_files import LoadedRules, load_rule_files
+from smartico_stream.engine.rules import RuleSet
+from smartico_stream.engine.scheduled.spec import load_scheduled_rules
 from smartico_stream.events.raw import RawRecord
 from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.collector import FrozenHeap
@@ -46,11 +48,15 @@ from smartico_stream.observability.metrics import Metrics
 from smartico_stream.pii.setup import pii_components
 from smartico_stream.pipeline.dedup import Clock
 from smartico_stream.pipeline.pipeline import Pipeline, PipelineLimits
+from smartico_stream.scheduler.control import RuleControl
+from smartico_stream.scheduler.metrics import RuleControlMetrics, SchedulerMetrics
+from smartico_stream.scheduler.runner import Scheduler
 from smartico_stream.sinks.base import ActionSink
 from smartico_stream.sinks.registry import build_sinks
 from smartico_stream.sinks.relay import OutboxRelay
 from smartico_stream.sources.kafka import connection_config
 from smartico_stream.store import Store, open_store_from_url
+from smartico_stream.store.sql import SqlStore
 from smartico_stream.transports import transport_for
 
 log = get_logger(__name__)
@@ -61,6 +67,9 @@ log = get_logger(__name__)
 _HISTORY_PRUNE_ROWS = 5_000
 _HISTORY_PRUNE_INTERVAL_S = 60.0
 _BACKLOG_CHECK_EVERY_S = 1.0
+# A scheduler that failed (the store unreachable for a moment) starts again after this pause: a
+# scheduled run must not take the consumer down with it, and resumes where it stopped.
+_SCHEDULER_RESTART_S = 5.0
 
 
 async def _starting(opening: Awaitable[None], setting: str, timeout_setting: str) -> None:
@@ -75,6 +84,12 @@ async def _starting(opening: Awaitable[None], setting: str, timeout_setting: str
         where = f" at {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StartupError(f"{setting}: cannot open the SQLite database{where}: {reason}", EXIT_CONFIG) from None
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile (a stopping service does not wait)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 async def _started(starting: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
@@ -121,10 +136,33 @@ class Service:
             settings.store.url, settings.store.db_schema, settings.store.sqlite_synchronous,
             settings.store.connect_timeout_s,
         )
-        if rules is None:
-            rules = load_rules(settings.engine.rules) if settings.engine.rules else RuleSet.of(())
-        self.rule_engine = RuleEngine(rules)
         self.states = StateCache(self.store, settings.engine.state_cache_size)
+        rules_path = settings.engine.rules
+        if rules is None:
+            loaded = load_rule_files(rules_path) if rules_path else LoadedRules.given(RuleSet.of(()))
+        else:  # rules built by the caller; scheduled rules still come from the files, if any
+            loaded = LoadedRules.given(rules, load_scheduled_rules(rules_path) if rules_path else None)
+        self.rule_engine = RuleEngine(loaded.real_time)
+        sql_store = self.store if isinstance(self.store, SqlStore) else None
+        self.scheduler: Scheduler | None = None
+        self._scheduler_stop = asyncio.Event()
+        scheduling = settings.scheduler
+        # Registered whether or not this instance schedules: /metrics shows the same families everywhere.
+        scheduler_metrics = SchedulerMetrics(self.metrics.registry)
+        if sql_store is not None and scheduling.enabled:
+            stopping = self._scheduler_stop
+            self.scheduler = Scheduler(
+                sql_store, loaded.scheduled, owner=settings.instance_id, clock=lambda: datetime.now(UTC),
+                lease_ttl=timedelta(seconds=scheduling.lease_ttl_s), step_users=scheduling.step_users,
+                metrics=scheduler_metrics, idle=timedelta(seconds=scheduling.idle_s),
+                sleep=lambda seconds: _sleep_unless(stopping, seconds), on_written=self.states.forget,
+            )
+        # Rule changes without a restart (stops, starts, reloads) between batches.
+        self.rule_control = RuleControl(
+            loaded=loaded, engine=self.rule_engine, rules_path=rules_path, store=sql_store,
+            instance_id=settings.instance_id, metrics=RuleControlMetrics(self.metrics.registry),
+            interval_s=settings.engine.control_interval_s, scheduler=self.scheduler,
+        )
         self.ownership = Ownership(self.store, settings.instance_id, settings.dedup, clock,
                                    on_revoke=self.states.clear)
         self.pii = pii_components(settings.pii)
@@ -145,7 +183,7 @@ class Service:
         # the configuration or the environment: a live service cannot be told to kill itself.
         self.failpoints = failpoints if failpoints is not None else Failpoints({})
         self.relay = OutboxRelay(
-            self.store, sinks, lambda: dict(self.ownership.epochs), self.metrics,
+            self.store, sinks, self._leases, self.metrics,
             batch_size=outbox.batch_size, poll_interval_s=outbox.poll_interval_s, linger_s=outbox.linger_s,
             retry_backoff_s=outbox.retry_backoff_s, max_backoff_s=outbox.max_backoff_s,
             failpoints=self.failpoints, retention_s=outbox.retention_s, prune_interval_s=outbox.prune_interval_s,
@@ -171,6 +209,27 @@ class Service:
         self._backlog_checked_at = 0.0
         self._history_prune_due = 0.0
 
+    def _leases(self) -> dict[tuple[str, int], int]:
+        """What the relay delivers: the consumed partitions' outbox, and the scheduled rules' while
+        this instance leads the scheduler (both fenced by their epochs)."""
+        leases = dict(self.ownership.epochs)
+        if self.scheduler is not None:
+            leases.update(self.scheduler.leases())
+        return leases
+
+    def request_reload(self) -> None:
+        """Reload the rule files between the next two batches (SIGHUP)."""
+        self.rule_control.request_reload()
+
+    async def _run_scheduler(self, scheduler: Scheduler) -> None:
+        """The scheduler until the service stops; restarted after a failure (logged)."""
+        while not self._scheduler_stop.is_set():
+            try:
+                await scheduler.run(self._scheduler_stop)
+            except Exception as exc:  # noqa: BLE001 - the store away for a moment: the run resumes where it stopped
+                log.error("scheduler_failed", error_class=type(exc).__name__, error=str(exc)[:500])
+                await _sleep_unless(self._scheduler_stop, _SCHEDULER_RESTART_S)
+
     @property
     def paused(self) -> bool:
         """Consumption is paused by outbox backpressure (``outbox.max_backlog``)."""
@@ -192,12 +251,18 @@ class Service:
             log.info("metrics listening", port=self.metrics_server.port)
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(self.relay.run(relay_stop))
+        self._scheduler_stop.clear()
+        scheduler_task: asyncio.Task[None] | None = None
         try:
+            await self.rule_control.start()
+            if self.scheduler is not None:
+                scheduler_task = asyncio.create_task(self._run_scheduler(self.scheduler))
             # Inside the try: a failed start still closes what opened. A broker unreachable at start is
             # retried by the transport; a signal meanwhile stops the service without waiting for it.
             if not await _started(self.transport.start(), stop):
                 return
             while not stop.is_set():
+                await self.rule_control.refresh()  # between two batches: a batch has one rule set
                 await self._apply_backpressure()
                 records = await self.transport.poll()
                 self._beat()
@@ -212,6 +277,13 @@ class Service:
                     relay_task.result()  # a relay crash is a service crash, not a silent stall
         finally:
             self.health.set_ready(False, "shutting down")
+            # The scheduler first: it resigns its lease, so the relay's drain below leaves the
+            # scheduled actions to the next leader's relay (two deliverers would repeat actions).
+            self._scheduler_stop.set()
+            if scheduler_task is not None:
+                await asyncio.gather(scheduler_task, return_exceptions=True)
+            with contextlib.suppress(Exception):  # the store may be what failed
+                await self.rule_control.close()
             relay_stop.set()
             self.relay.wake()
             await asyncio.gather(relay_task, return_exceptions=True)

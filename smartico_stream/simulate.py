@@ -5,6 +5,10 @@ Input lines are either envelopes ``{"stream": "payments", "key": "u1", "value": 
 golden-file input format; an optional ``"timestamp_ms"`` is the broker timestamp the record had,
 which the dedup window then measures on, as the service does) or bare operator messages, which then
 need ``stream`` to be given.
+
+Scheduled rules in the rule files run on the input's event timeline
+(:mod:`smartico_stream.scheduler.offline`): a run fires between the last record before its instant
+and the first one at or after it, and ``until`` extends the timeline past the last record.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -28,6 +33,7 @@ from smartico_stream.engine.actions import Action
 from smartico_stream.engine.evaluator import RuleEngine
 from smartico_stream.engine.payments import PaymentDedup
 from smartico_stream.engine.rules import RuleSet
+from smartico_stream.engine.scheduled.spec import ScheduledRule
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream
 from smartico_stream.pii.guard import PiiGuard
 from smartico_stream.pii.vault import PiiVault
@@ -40,7 +46,9 @@ from smartico_stream.pipeline.pipeline import (
     PipelineLimits,
     load_json_keeping_literals,
 )
+from smartico_stream.scheduler.offline import OfflineSchedule, event_time_of
 from smartico_stream.store.base import FencedError, Store
+from smartico_stream.store.scheduled import ScheduleStore
 from smartico_stream.store.sqlite import SqliteStore
 
 # Offline there is no processing time: the store records this constant as a batch's handled-at
@@ -62,6 +70,7 @@ class SimulationSummary:
     deduplicated: int = 0
     dead_lettered: int = 0
     actions: int = 0
+    scheduled_runs: int = 0
 
 
 def read_records(path: Path, default_stream: Stream | None) -> Iterator[RawRecord]:
@@ -130,20 +139,28 @@ async def simulate(
     guard: PiiGuard | None = None,
     vault: PiiVault | None = None,
     dedup: DedupSettings | None = None,
+    scheduled: Mapping[str, ScheduledRule] | None = None,
+    until: datetime | None = None,
 ) -> SimulationSummary:
     """Run ``records`` through the service's own checkpoint (pipeline with the PII ``guard``, rules,
     dead letters, one SQLite store transaction per batch; encrypted values go to ``vault``) and
     report each committed batch's actions. A record the engine fails on is a dead letter, as in the
     service; repeats are dropped as the service drops them (``dedup``, default settings), on the
-    records' source time."""
+    records' source time. ``scheduled`` rules run on the event timeline, extended to ``until``
+    (module notes); their actions are reported as they are executed."""
     with tempfile.TemporaryDirectory(prefix="smartico-simulate-") as scratch:
         store = SqliteStore(state_path or Path(scratch) / "state.db")
         await store.open()
         if vault is not None:
             await vault.open()
         try:
-            return await _run(records, adapter, rules, on_actions, store, limits, batch_size,
-                              guard or PiiGuard(None), vault, dedup or DedupSettings())
+            schedule = OfflineSchedule(store, scheduled or {}, on_actions, until) if scheduled or until else None
+            summary = await _run(records, adapter, rules, on_actions, store, limits, batch_size,
+                                 guard or PiiGuard(None), vault, dedup or DedupSettings(), schedule)
+            if schedule is not None:
+                summary.actions += schedule.actions
+                summary.scheduled_runs = len(await ScheduleStore(store).runs())
+            return summary
         finally:
             await store.close()
             if vault is not None:
@@ -202,6 +219,7 @@ async def _run(
     guard: PiiGuard,
     vault: PiiVault | None,
     dedup: DedupSettings,
+    schedule: OfflineSchedule | None = None,
 ) -> SimulationSummary:
     def offline() -> float:
         return _OFFLINE_NOW
@@ -220,9 +238,36 @@ async def _run(
         payments=PaymentDedup.from_settings(dedup),
     )
     never = asyncio.Event()
-    for batch_records in _batches(records, batch_size):
+
+    async def commit(batch_records: list[RawRecord]) -> None:
         checkpoint = Checkpoint(env, batch_records, never)
         while (outcome := await checkpoint.attempt()) is not Outcome.COMMITTED:
             if outcome is not Outcome.REDO:  # one process, one store: nobody else can change it
                 raise RuntimeError(f"the simulation's batch ended {outcome.value}")
+
+    if schedule is None:
+        for batch_records in _batches(records, batch_size):
+            await commit(batch_records)
+        return summary
+    batch: list[RawRecord] = []
+    for record in records:
+        moment = event_time_of(record, adapter)
+        if moment is not None:
+            if schedule.due_before(moment):
+                # The scheduler's work at or before this record's time goes between the records
+                # before it (committed now) and this one.
+                if batch:
+                    await commit(batch)
+                    batch = []
+                await schedule.advance(moment)
+                states.clear()  # the scheduler wrote users behind the cache's back
+            else:
+                await schedule.advance(moment)
+        batch.append(record)
+        if len(batch) >= batch_size:
+            await commit(batch)
+            batch = []
+    if batch:
+        await commit(batch)
+    await schedule.finish()
     return summary

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCENARIOS = ("raw", "pipeline", "aggregates", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline")
-PARTS = (*SCENARIOS, "latency", "dedup", "scaling")  # what --only can name
+PARTS = (*SCENARIOS, "latency", "dedup", "audience", "scaling")  # what --only can name
 OVERALL_KEYS = ("ratio_pipeline_to_raw", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "dedup_bytes_per_key")
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -38,11 +38,13 @@ class Profile:
     # costs an idle fetch round trip, which is not timed but is waited for)
     raw_round: int = 20_000
     raw_round_bytes: int = 8 << 20
+    audience_users: int = 1_000_000  # stored users the audience part counts
 
 
 QUICK = Profile("quick", users=20_000, events=40_000, pipeline_seconds=2.0, rabbit_events=4_000,
                 latency_seconds=3.0, latency_warmup_s=1.0, dedup_keys=1_000_000, dedup_traced_keys=100_000,
-                scaling=False, scaling_seconds=0.0, max_ahead=5_000, max_ahead_bytes=2 << 20)
+                scaling=False, scaling_seconds=0.0, max_ahead=5_000, max_ahead_bytes=2 << 20,
+                audience_users=100_000)
 FULL = Profile("full", users=100_000, events=600_000, pipeline_seconds=90.0, rabbit_events=60_000,
                latency_seconds=30.0, latency_warmup_s=3.0, dedup_keys=12_000_000, dedup_traced_keys=1_000_000,
                scaling=True, scaling_seconds=60.0)

@@ -24,6 +24,7 @@ def skeleton(profile: Profile) -> dict[str, Any]:
         "peak_rss_mb": None,
         "dedup_bytes_per_key": None,
         "dedup": {"skipped": "not run"},
+        "audience": {"skipped": "not run"},
         "scaling": {"users": {"skipped": "full run only"}, "processes": {"skipped": "full run only"}},
         "targets": {},
         "settings": {},
@@ -64,6 +65,9 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
                 ran.append(group[key])
     if isinstance(report["latency"], dict) and "skipped" not in report["latency"]:
         ran.append(report["latency"])
+    audience = report["audience"] if isinstance(report["audience"], dict) else {}
+    if "skipped" not in audience:
+        ran.append(audience)
     report["complete"] = bool(ran) and all(s.get("complete") for s in ran) and "error" not in report["dedup"]
     users = scaling["users"] if isinstance(scaling["users"], dict) else {}
     processes = scaling["processes"] if isinstance(scaling["processes"], dict) else {}
@@ -80,6 +84,8 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
         "users_1m_events_per_s >= 0.8 x users_100k": users.get("events_per_s_ratio_1m_to_100k"),
         "users_1m_peak_rss <= 1.2 x users_100k": users.get("peak_rss_ratio_1m_to_100k"),
         "two_processes >= 1.7 x one": processes.get("speedup"),
+        # Judged on the full run's 1M users only (--quick counts fewer).
+        "audience_1m_users_s <= 10": audience.get("count_s") if audience.get("users") == 1_000_000 else None,
     }
     checks = {
         "pipeline_events_per_s >= 100000": lambda v: v >= 100_000,
@@ -91,6 +97,7 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
         "users_1m_events_per_s >= 0.8 x users_100k": lambda v: v >= 0.8,
         "users_1m_peak_rss <= 1.2 x users_100k": lambda v: v <= 1.2,
         "two_processes >= 1.7 x one": lambda v: v >= 1.7,
+        "audience_1m_users_s <= 10": lambda v: v <= 10,
     }
     report["targets"] = {
         name: {"measured": value, "met": None if value is None else bool(checks[name](value))}

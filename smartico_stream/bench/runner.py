@@ -30,6 +30,7 @@ from smartico_stream.bench.scenarios import (
     Env,
     Progress,
     guard,
+    scenario_audience,
     scenario_dedup,
     scenario_pipeline,
     scenario_processes,
@@ -209,6 +210,12 @@ async def _run_scenarios(env: Env, report: dict[str, Any], selected: frozenset[s
         say(f"  {report['dedup_bytes_per_key']} bytes per key")
     else:
         report["dedup"] = {"skipped": "not selected (--only)"}
+    if chosen("audience"):
+        say(f"audience: `rules audience` over {profile.audience_users:,} stored users (SQLite)")
+        report["audience"] = await guard(scenario_audience(env))
+        say(f"  {report['audience'].get('count_s')} s, {report['audience'].get('users_per_s')} users/s")
+    else:
+        report["audience"] = {"skipped": "not selected (--only)"}
     if profile.scaling and chosen("scaling"):
         say("scaling: 100k vs 1M distinct users")
         report["scaling"]["users"] = await guard(scenario_users(env))

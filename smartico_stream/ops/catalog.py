@@ -37,8 +37,12 @@ class MetricFamily:
 def exported_metrics() -> list[MetricFamily]:
     """Every metric family of a fresh service ``Metrics`` (its own registry: nothing global)."""
     metrics = Metrics(CollectorRegistry(auto_describe=True))
+    # The service registers the scheduler's and the rule control's metrics on the same registry.
+    from smartico_stream.scheduler.metrics import RuleControlMetrics, SchedulerMetrics
+
+    scheduler, control = SchedulerMetrics(metrics.registry), RuleControlMetrics(metrics.registry)
     families: dict[str, MetricFamily] = {}
-    for value in vars(metrics).values():
+    for value in [*vars(metrics).values(), *vars(scheduler).values(), *vars(control).values()]:
         if isinstance(value, MetricWrapperBase):
             kind = value._type
             if kind is None:  # only the abstract wrapper base has no type

@@ -1,4 +1,4 @@
-"""``smartico-stream rules audience|status|stop|start|runs``: the audience estimate and manual
+"""``smartico-stream rules audience|status|stop|start|runs|reload``: the audience estimate and manual
 control of rules (both kinds), registered on the CLI's ``rules`` sub-app by :func:`register`.
 
 Imports happen inside the commands: the CLI's start-up stays as fast as before for every other
@@ -38,6 +38,7 @@ class _Rules:
     real_time: dict[str, Rule]
     disabled: tuple[str, ...]
     scheduled: dict[str, ScheduledRule]
+    version: str
 
     def kind(self, rule_id: str) -> str | None:
         if rule_id in self.scheduled:
@@ -80,22 +81,26 @@ def register(rules_app: typer.Typer) -> None:
         opened = open_store_from_url(str(store), schema)
         return opened  # type: ignore[return-value]  # both implementations are SqlStores
 
-    def rules_of(config: Path | None, path: Path | None) -> _Rules:
-        from smartico_stream.engine.rules import RuleLoadError, load_rules
-        from smartico_stream.engine.scheduled.spec import load_scheduled_rules
-
+    def rules_path(config: Path | None, path: Path | None) -> Path:
         if path is None:
             path = settings(config).engine.rules
             if path is None:
                 fail("no rules: give --rules FILE or set engine.rules in the config", 2)
         if not path.exists():
             fail(f"--rules: {path} does not exist", 2)
+        return path
+
+    def rules_of(config: Path | None, path: Path | None) -> _Rules:
+        from smartico_stream.engine.rule_files import load_rule_files
+        from smartico_stream.engine.rules import RuleLoadError
+
+        path = rules_path(config, path)
         try:
-            real_time = load_rules(path)
-            scheduled = load_scheduled_rules(path)
+            loaded = load_rule_files(path)
         except RuleLoadError as exc:
             fail(str(exc), 1)
-        return _Rules({r.id: r for r in real_time.rules}, real_time.disabled, scheduled)
+        real_time = loaded.real_time
+        return _Rules({r.id: r for r in real_time.rules}, real_time.disabled, loaded.scheduled, loaded.version)
 
     def run_async(work: Callable[[Any], Any], store: SqlStore) -> Any:
         async def go() -> Any:
@@ -131,18 +136,19 @@ def register(rules_app: typer.Typer) -> None:
 
     @rules_app.command("status")
     def status(config: ConfigOption = None, store: StoreOption = None, rules: RulesOption = None) -> None:
-        """Every rule: kind, active or inactive, next run, the running run's progress."""
+        """Every rule: kind, active or inactive, next run, the running run's progress; then the
+        rule-set version of the files and the version each running instance applies."""
         from smartico_stream.store.scheduled import RUNNING
 
         loaded = rules_of(config, rules)
         now = datetime.now(UTC)
 
-        async def read(tables: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        async def read(tables: Any) -> tuple[dict[str, Any], dict[str, list[Any]], list[Any]]:
             statuses = await tables.statuses()
             runs = {rule_id: await tables.runs(rule_id) for rule_id in loaded.scheduled}
-            return statuses, runs
+            return statuses, runs, await tables.rule_set_versions()
 
-        statuses, runs = run_async(read, store_of(config, store))
+        statuses, runs, versions = run_async(read, store_of(config, store))
         for rule_id in sorted({*loaded.real_time, *loaded.disabled, *loaded.scheduled}):
             stored = statuses.get(rule_id)
             active = "disabled" if rule_id in loaded.disabled else (
@@ -163,6 +169,54 @@ def register(rules_app: typer.Typer) -> None:
             if stored is not None:
                 line += f"  (changed by {stored.changed_by} at {_iso(stored.changed_at)})"
             typer.echo(line.rstrip())
+        typer.echo(f"rule set version {loaded.version} (the files read now)")
+        for v in versions:
+            agrees = "same as the files" if v.version == loaded.version else "DIFFERS from the files"
+            line = f"instance {v.instance_id:<24} version {v.version}  loaded {_iso(v.loaded_at)}  {agrees}"
+            if v.refused_version is not None:
+                first = (v.refused_error or "").splitlines()[1:2] or [""]
+                line += f"  refused {v.refused_version} at {_iso(v.refused_at)}: {first[0].strip()}"
+            typer.echo(line)
+        if not versions:
+            typer.echo("no running instance has recorded its rule set")
+
+    @rules_app.command("reload")
+    def reload(
+        config: ConfigOption = None, store: StoreOption = None, rules: RulesOption = None, by: ByOption = None,
+        wait: Annotated[float, typer.Option(
+            help="wait up to this many seconds for every running instance to apply it (0: do not wait)",
+        )] = 0.0,
+    ) -> None:
+        """Validate the rule files and ask every running instance to apply them, between two batches
+        (each instance reads its own engine.rules). Invalid files are refused here and nothing is
+        requested; an instance that finds them invalid keeps its rules and says so in `rules status`."""
+        import time
+
+        loaded = rules_of(config, rules)
+        who = by or getpass.getuser()
+        tables_store = store_of(config, store)
+
+        async def request(tables: Any) -> int:
+            return int(await tables.request_reload(loaded.version, who, datetime.now(UTC)))
+
+        seq = run_async(request, tables_store)
+        typer.echo(f"reload {seq} requested by {who}: version {loaded.version} "
+                   f"({len(loaded.real_time)} real-time, {len(loaded.scheduled)} scheduled rules)")
+        if wait <= 0:
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            versions = run_async(lambda tables: tables.rule_set_versions(), store_of(config, store))
+            behind = [v for v in versions if v.version != loaded.version]
+            if versions and not behind:
+                typer.echo(f"every running instance ({len(versions)}) applies version {loaded.version}")
+                return
+            if time.monotonic() >= deadline:
+                for v in behind:
+                    why = f" (refused {v.refused_version})" if v.refused_version else ""
+                    typer.echo(f"instance {v.instance_id} still applies {v.version}{why}", err=True)
+                fail(f"not every instance applied version {loaded.version} within {wait}s", 1)
+            time.sleep(0.2)
 
     @rules_app.command("stop")
     def stop(
@@ -177,7 +231,10 @@ def register(rules_app: typer.Typer) -> None:
         loaded = rules_of(config, rules)
         kind = loaded.kind(rule_id)
         if kind is None:
-            fail(f"no rule {rule_id} in the rule files", 1)
+            # A scheduled rule removed from the files may have left a run behind: it can be stopped.
+            if not run_async(lambda tables: tables.runs(rule_id, RUNNING), store_of(config, store)):
+                fail(f"no rule {rule_id} in the rule files", 1)
+            kind = "removed"
         now = datetime.now(UTC)
         who = by or getpass.getuser()
 

@@ -30,3 +30,22 @@ class SchedulerMetrics:
             "smartico_stream_scheduled_conflicts",
             "Run steps redone because a consumer changed one of their users meanwhile", registry=registry,
         )
+
+
+class RuleControlMetrics:
+    """Rule changes in a running service: reloads by result, the rules in effect, the stopped ones."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.reloads = Counter(
+            "smartico_stream_rule_reloads",
+            "Rule file reloads, by result (applied, unchanged, refused: invalid files, the running rules kept)",
+            ["result"], registry=registry,
+        )
+        self.rules = Gauge(
+            "smartico_stream_rules_in_effect", "Rules this instance applies, by kind (real_time, scheduled)",
+            ["kind"], registry=registry,
+        )
+        self.stopped = Gauge(
+            "smartico_stream_rules_stopped", "Rules of the rule files an operator stopped (rules stop)",
+            registry=registry,
+        )

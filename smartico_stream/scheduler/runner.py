@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from smartico_stream.engine.scheduled.execute import execute_for_user
 from smartico_stream.engine.scheduled.spec import ScheduledRule
 from smartico_stream.engine.state import UserState
+from smartico_stream.events.raw import UserKey
 from smartico_stream.observability.logging import get_logger
 from smartico_stream.scheduler.audience import fix_audience
 from smartico_stream.scheduler.metrics import SchedulerMetrics
@@ -65,6 +66,7 @@ class Scheduler:
         metrics: SchedulerMetrics | None = None,
         sleep: Sleep = asyncio.sleep,
         idle: timedelta = timedelta(seconds=5),
+        on_written: Callable[[list[UserKey]], None] | None = None,
     ) -> None:
         if step_users < 1:
             raise ValueError("step_users must be at least 1")
@@ -79,6 +81,9 @@ class Scheduler:
         self.epoch: int | None = None
         self._sleep = sleep
         self._idle = idle
+        # Told which users a step wrote (the service drops them from its state cache, so that its
+        # next batch reads them instead of conflicting; correctness never depends on it: versions).
+        self._on_written = on_written
         self._rules: dict[str, ScheduledRule] = {}
         self.set_rules(rules)
 
@@ -111,6 +116,12 @@ class Scheduler:
     async def tick(self) -> datetime | None:
         """One round of work; when there is more to do next (``None``: nothing planned)."""
         now = self.clock()
+        if not self._rules:
+            # No scheduled rule (yet: a reload may add some): no lease taken, no store write.
+            if self.epoch is not None:
+                await self.tables.resign(self.owner)
+                self.epoch = None
+            return None
         epoch = await self.tables.lead(self.owner, now, self.lease_ttl)
         if epoch is None:
             if self.epoch is not None:
@@ -140,6 +151,10 @@ class Scheduler:
                 wake = await self._start(rule, instant, now)
             if not self.leading:  # fenced meanwhile (self.epoch changes under the awaits above)
                 return now + self.lease_ttl / 3
+            if wake is None:
+                # The run finished in this round: the rule's next instant is the next work (an
+                # offline clock, as simulate's, would otherwise jump past it).
+                wake = self.next_instant(rule, status.active_since, await self.tables.runs(rule_id))
             if wake is not None:
                 wakes.append(wake)
         return min(wakes)
@@ -234,6 +249,8 @@ class Scheduler:
                 if self.metrics is not None:
                     self.metrics.conflicts.inc()
                 continue
+            if self._on_written is not None:
+                self._on_written(keys)
             if self.metrics is not None:
                 self.metrics.users_executed.labels(result="executed").inc(len(executed))
                 self.metrics.users_executed.labels(result="skipped").inc(skipped)

@@ -1,5 +1,6 @@
 """What scheduled rules keep in the state store: rule status and its audit, the scheduler's leader,
-runs with their fixed audiences and progress, and per-user executions (migration 5 in schema.py).
+runs with their fixed audiences and progress, and per-user executions (migration 6 in schema.py);
+rule reload requests and each instance's rule-set version (migration 8).
 
 Every write of a run is fenced twice: by the scheduled-actions partition's lease epoch (the same
 check as a consumer batch, see ``SqlStore._check_epochs``) and by the run still being ``running``
@@ -58,6 +59,23 @@ class AuditEntry:
     changed_by: str
     changed_at: datetime
     note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSetVersion:
+    """The rule set one service instance runs, and the last reload it refused."""
+
+    instance_id: str
+    version: str
+    rules_path: str
+    loaded_at: datetime
+    refused_version: str | None
+    refused_at: datetime | None
+    refused_error: str | None
+
+
+# A refusal's stored error is the loader's problem list (file, rule id, field: no user data), cut here.
+_ERROR_CHARS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +229,80 @@ class ScheduleStore:
                 "ORDER BY seq", rule_id,
             )
         return [AuditEntry(str(r), bool(a), str(by), datetime.fromisoformat(at), n) for r, a, by, at, n in rows]
+
+    # rule control: status marks, reload requests, rule-set versions ------------------------
+
+    async def control_marks(self) -> tuple[int, int]:
+        """``(last status change, last reload request)``: two sequence numbers that grow with every
+        ``rules stop``/``start`` and every ``rules reload`` (0: none yet). Two index look-ups, cheap
+        enough for a running service to poll every few seconds."""
+        async with self.store.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT (SELECT MAX(seq) FROM rule_status_audit), (SELECT MAX(seq) FROM rule_reload_requests)"
+            )
+        status, reload = rows[0]
+        return int(status or 0), int(reload or 0)
+
+    async def request_reload(self, version: str, who: str, at: datetime) -> int:
+        """Ask every running instance to reload its rule files (the requester validated them and
+        found ``version``); returns the request's number."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO rule_reload_requests (version, requested_by, requested_at) VALUES (?, ?, ?)",
+                version, who, _iso(at),
+            )
+            rows = await conn.fetch("SELECT MAX(seq) FROM rule_reload_requests")
+        return int(rows[0][0])
+
+    async def last_reload_request(self) -> tuple[int, str, str, datetime] | None:
+        """The newest reload request: ``(seq, version, requested_by, requested_at)``."""
+        async with self.store.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, version, requested_by, requested_at FROM rule_reload_requests ORDER BY seq DESC LIMIT 1"
+            )
+        if not rows:
+            return None
+        seq, version, who, at = rows[0]
+        return int(seq), str(version), str(who), datetime.fromisoformat(str(at))
+
+    async def record_version(self, instance_id: str, version: str, rules_path: str, at: datetime) -> None:
+        """``instance_id`` now runs rule-set ``version`` (a refusal recorded before is cleared)."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO rule_set_versions (instance_id, version, rules_path, loaded_at, refused_version, "
+                "refused_at, refused_error) VALUES (?, ?, ?, ?, NULL, NULL, NULL) "
+                "ON CONFLICT (instance_id) DO UPDATE SET version = excluded.version, rules_path = excluded.rules_path, "
+                "loaded_at = excluded.loaded_at, refused_version = NULL, refused_at = NULL, refused_error = NULL",
+                instance_id, version, rules_path, _iso(at),
+            )
+
+    async def record_refusal(self, instance_id: str, version: str, error: str, at: datetime) -> None:
+        """``instance_id`` refused rule files of ``version`` (invalid: it keeps the rules it runs)."""
+        async with self.store.transaction() as conn:
+            await conn.execute(
+                "UPDATE rule_set_versions SET refused_version = ?, refused_at = ?, refused_error = ? "
+                "WHERE instance_id = ?",
+                version, _iso(at), error[:_ERROR_CHARS], instance_id,
+            )
+
+    async def forget_instance(self, instance_id: str) -> None:
+        """A cleanly stopped instance no longer runs any rule set."""
+        async with self.store.transaction() as conn:
+            await conn.execute("DELETE FROM rule_set_versions WHERE instance_id = ?", instance_id)
+
+    async def rule_set_versions(self) -> list[RuleSetVersion]:
+        """The rule set of every running instance, by instance id."""
+        async with self.store.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT instance_id, version, rules_path, loaded_at, refused_version, refused_at, refused_error "
+                "FROM rule_set_versions ORDER BY instance_id"
+            )
+        return [
+            RuleSetVersion(str(i), str(v), str(p), datetime.fromisoformat(str(at)),
+                           None if rv is None else str(rv), _dt(None if ra is None else str(ra)),
+                           None if err is None else str(err))
+            for i, v, p, at, rv, ra, err in rows
+        ]
 
     # leadership ------------------------------------------------------------------------------
 

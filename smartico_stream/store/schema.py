@@ -354,6 +354,31 @@ STATE_MIGRATIONS.append((
     """,
 ))
 
+# Migration 8: rule changes without a restart (smartico_stream/scheduler/control.py). A reload
+# request is a row every instance sees (whatever host it runs on), numbered so that each instance
+# applies each request once; each instance records the rule-set version (the rule files' digest) it
+# runs, and the last reload it refused and why, for `rules status`. (7 is another branch's.)
+STATE_MIGRATIONS.append((
+    8,
+    """
+    CREATE TABLE rule_reload_requests (
+        seq {SERIAL},
+        version TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL
+    );
+    CREATE TABLE rule_set_versions (
+        instance_id TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        rules_path TEXT NOT NULL,
+        loaded_at TEXT NOT NULL,
+        refused_version TEXT,
+        refused_at TEXT,
+        refused_error TEXT
+    )
+    """,
+))
+
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 

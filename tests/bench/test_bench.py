@@ -264,3 +264,16 @@ def test_bench_help_shows_every_option_with_its_description() -> None:
     for option in options:
         assert option.opts[0] in shown, option.opts
         assert _words(getattr(option, "help", None) or "") in shown, option.opts
+
+
+@kafka
+def test_the_audience_part_counts_stored_users_as_rules_audience_does() -> None:
+    completed = run_bench("--quick", "--json", "--only", "audience")
+    assert completed.returncode == 0, completed.stderr.decode(errors="replace")[-3000:]
+    report = json.loads(completed.stdout)
+    audience = report["audience"]
+    assert audience["complete"] is True and audience["matches_brute_force"] is True
+    assert audience["users"] == 100_000 and audience["count_s"] > 0 and audience["audience"] > 0
+    assert set(audience["by_brand"]) == {"brand-eu", "brand-latam"}
+    assert report["targets"]["audience_1m_users_s <= 10"] == {"measured": None, "met": None}  # full run only
+    assert report["scenarios"]["pipeline"] == report["dedup"] == {"skipped": "not selected (--only)"}

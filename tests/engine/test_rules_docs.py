@@ -5,7 +5,8 @@ by a ```jsonl block (reference-format input records) and a ```text block startin
 ``expected actions:`` is run through ``smartico-stream simulate``; the expectation is either a count
 (``expected actions: 11``) or the exact list of action ids, one per line, in output order. An id
 may be followed by ``xN``: the action then stands for N executions (its ``executions``), and
-without it for one.
+without it for one. A ```jsonl fence may say ``until=INSTANT`` (```` ```jsonl until=2026-05-04T00:00:00Z````):
+simulate then extends the timeline to that instant (scheduled rules).
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 import pytest
 
 from smartico_stream.engine.actions import ActionKind
-from smartico_stream.engine.rules import RuleSpec, load_rules
+from smartico_stream.engine.rule_files import load_rule_files
+from smartico_stream.engine.rules import RuleSpec
 from tests.support.common import REPO
 
 DOC = REPO / "docs" / "rules.md"
 EXPECTED = "expected actions:"
 
-_FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,17 @@ class Block:
     lang: str
     text: str
     line: int
+    info: str = ""  # what follows the language on the fence line
+
+    @property
+    def until(self) -> str | None:
+        found = re.search(r"\buntil=(\S+)", self.info)
+        return found[1] if found else None
 
 
 def blocks() -> list[Block]:
     source = DOC.read_text()
-    return [Block(m[1], m[2], source.count("\n", 0, m.start()) + 1) for m in _FENCE.finditer(source)]
+    return [Block(m[1], m[3], source.count("\n", 0, m.start()) + 1, m[2].strip()) for m in _FENCE.finditer(source)]
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,9 @@ def test_the_doc_has_examples() -> None:
 def test_every_yaml_example_loads(tmp_path: Path, block: Block) -> None:
     path = tmp_path / "example.yaml"
     path.write_text(block.text)
-    rules = load_rules(path)
-    assert rules.rules or rules.disabled, "an example should define at least one rule"
+    loaded = load_rule_files(path)
+    assert loaded.real_time.rules or loaded.real_time.disabled or loaded.scheduled, (
+        "an example should define at least one rule")
 
 
 def _expectation(block: Block) -> int | list[tuple[str, int]]:
@@ -108,8 +117,10 @@ def test_every_runnable_example_gives_the_documented_actions(tmp_path: Path, exa
     events.write_text(example.records.text)
     for line in example.records.text.splitlines():
         assert set(json.loads(line)) >= {"stream", "key", "value"}
+    until = ["--until", example.records.until] if example.records.until else []
     result = subprocess.run(
-        [sys.executable, "-m", "smartico_stream.cli", "simulate", "--rules", str(rules), "--events", str(events)],
+        [sys.executable, "-m", "smartico_stream.cli", "simulate", "--rules", str(rules), "--events", str(events),
+         *until],
         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, cwd=REPO, timeout=60,
         check=False,
     )

@@ -141,3 +141,30 @@ def test_runs_lists_past_runs(setup: tuple[Path, Path]) -> None:
     assert "completed" in out and "audience 2  executed 1  skipped 1  not reached 0" in out
     code, out = cli("runs", "yearly", "--config", str(config))
     assert "no runs of yearly" in out
+
+
+def test_a_run_left_by_a_removed_rule_can_be_stopped(setup: tuple[Path, Path]) -> None:
+    config, db = setup
+    path = Path(config.read_text().split("rules: ")[1].strip())
+    soon = load_scheduled_rules(path)["soon"]
+
+    async def start_run() -> None:
+        store = SqliteStore(db)
+        await store.open()
+        await seed(store, [user("b1", f"u{i}") for i in range(5)])
+        clock = ManualClock(soon.next_run_after(datetime.now(UTC)) or datetime.now(UTC))
+        await ScheduleStore(store).ensure_status("soon", datetime.now(UTC) - timedelta(minutes=1))
+        await Scheduler(store, {"soon": soon.__class__(soon.spec.model_copy(update={"speed": 1}), soon.segment,
+                                                      soon.conditions, None)}, "a", clock).tick()
+        await store.close()
+
+    asyncio.run(start_run())
+    path.write_text(path.read_text().split("  - id: soon")[0])  # the rule is removed from the file
+    code, out = cli("runs", "soon", "--config", str(config))
+    assert "running" in out, out
+    code, out = cli("stop", "soon", "--config", str(config), "--by", "erin")
+    assert code == 0 and "soon stopped by erin" in out, out
+    code, out = cli("runs", "soon", "--config", str(config))
+    assert "stopped" in out and "not reached 4" in out, out
+    code, out = cli("stop", "never-existed", "--config", str(config))
+    assert code == 1 and "no rule never-existed" in out

@@ -1,7 +1,8 @@
 """The bench's scenarios, each a coroutine taking the run's :class:`Env` and returning its part of
 the report: ``raw``, ``pipeline`` / ``pipeline_postgres`` (and the latency part), ``rabbitmq_raw`` /
-``rabbitmq_pipeline``, ``dedup`` and ``scaling``."""
+``rabbitmq_pipeline``, ``dedup``, ``audience`` and ``scaling``."""
 
+from smartico_stream.bench.scenarios.audience import scenario_audience
 from smartico_stream.bench.scenarios.dedup import scenario_dedup
 from smartico_stream.bench.scenarios.env import Env, Progress, completeness, guard, scenario_topics
 from smartico_stream.bench.scenarios.pipeline import scenario_pipeline
@@ -14,6 +15,7 @@ __all__ = [
     "Progress",
     "completeness",
     "guard",
+    "scenario_audience",
     "scenario_dedup",
     "scenario_pipeline",
     "scenario_processes",

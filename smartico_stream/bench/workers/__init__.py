@@ -9,6 +9,7 @@ import traceback
 from typing import Any
 
 from smartico_stream.bench.processes import pin_cpus
+from smartico_stream.bench.workers.audience import audience_count
 from smartico_stream.bench.workers.dedup import dedup_memory
 from smartico_stream.bench.workers.raw import kafka_raw, rabbit_raw
 from smartico_stream.bench.workers.service import run_pipeline
@@ -30,6 +31,10 @@ def worker_main(kind: str, params: dict[str, Any], conn: Any, shared: Any, cpus:
             result = uvloop.run(rabbit_raw(params, shared))
         elif kind == "dedup":
             result = dedup_memory(params)
+        elif kind == "audience":
+            import uvloop
+
+            result = uvloop.run(audience_count(params))
         else:
             raise ValueError(f"unknown worker {kind}")
         result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
