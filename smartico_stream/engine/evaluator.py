@@ -28,8 +28,19 @@ class RuleEngine:
     """Evaluates a rule set, compiled into a plan per event type; holds no per-user state."""
 
     def __init__(self, rules: RuleSet) -> None:
-        self.rules = rules
+        self._rules = rules
         self._plan = compile_plan(rules)
+
+    @property
+    def rules(self) -> RuleSet:
+        """The rule set in effect. Assigning one (a reload, a rule stopped or started) compiles its
+        plan; do it between two batches."""
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: RuleSet) -> None:
+        self._plan = compile_plan(rules)
+        self._rules = rules
 
     def evaluate(self, state: UserState, event: CanonicalEvent, out: Evaluation) -> None:
         """Apply ``event`` to ``state`` (mutated in place) and append actions and history to ``out``."""
