@@ -80,6 +80,8 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
         "users_1m_events_per_s >= 0.8 x users_100k": users.get("events_per_s_ratio_1m_to_100k"),
         "users_1m_peak_rss <= 1.2 x users_100k": users.get("peak_rss_ratio_1m_to_100k"),
         "two_processes >= 1.7 x one": processes.get("speedup"),
+        "replica_pipeline >= 0.5 x its raw read": scenarios["replica_pipeline"].get("ratio_to_raw"),
+        "replica_pipeline_mysql >= 0.5 x its raw read": scenarios["replica_pipeline_mysql"].get("ratio_to_raw"),
     }
     checks = {
         "pipeline_events_per_s >= 100000": lambda v: v >= 100_000,
@@ -91,6 +93,8 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
         "users_1m_events_per_s >= 0.8 x users_100k": lambda v: v >= 0.8,
         "users_1m_peak_rss <= 1.2 x users_100k": lambda v: v <= 1.2,
         "two_processes >= 1.7 x one": lambda v: v >= 1.7,
+        "replica_pipeline >= 0.5 x its raw read": lambda v: v >= 0.5,
+        "replica_pipeline_mysql >= 0.5 x its raw read": lambda v: v >= 0.5,
     }
     report["targets"] = {
         name: {"measured": value, "met": None if value is None else bool(checks[name](value))}

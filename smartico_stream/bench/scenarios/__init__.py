@@ -1,12 +1,13 @@
 """The bench's scenarios, each a coroutine taking the run's :class:`Env` and returning its part of
 the report: ``raw``, ``pipeline`` / ``pipeline_postgres`` (and the latency part), ``rabbitmq_raw`` /
-``rabbitmq_pipeline``, ``dedup`` and ``scaling``."""
+``rabbitmq_pipeline``, ``replica_pipeline`` / ``replica_pipeline_mysql``, ``dedup`` and ``scaling``."""
 
 from smartico_stream.bench.scenarios.dedup import scenario_dedup
 from smartico_stream.bench.scenarios.env import Env, Progress, completeness, guard, scenario_topics
 from smartico_stream.bench.scenarios.pipeline import scenario_pipeline
 from smartico_stream.bench.scenarios.rabbitmq import scenario_rabbit
 from smartico_stream.bench.scenarios.raw import scenario_raw
+from smartico_stream.bench.scenarios.replica import scenario_replica
 from smartico_stream.bench.scenarios.scaling import scenario_processes, scenario_users
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "scenario_processes",
     "scenario_rabbit",
     "scenario_raw",
+    "scenario_replica",
     "scenario_topics",
     "scenario_users",
 ]
