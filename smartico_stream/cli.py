@@ -193,20 +193,26 @@ def demo(
     keep: Annotated[
         Path | None, typer.Option(help="keep the demo's stores, actions, dead letters and metrics here")
     ] = None,
-    transport: Annotated[str, typer.Option(help="kafka (embedded) or rabbitmq (the local broker)")] = "kafka",
+    transport: Annotated[
+        str, typer.Option(help="kafka (embedded), rabbitmq (the local broker) or replica (views on local PostgreSQL)")
+    ] = "kafka",
     rabbitmq_url: Annotated[str, typer.Option(help="broker for --transport rabbitmq")] = "amqp://guest:guest@127.0.0.1:5672/",
+    replica_dsn: Annotated[
+        str, typer.Option(help="PostgreSQL for --transport replica (a scratch schema, dropped afterwards)")
+    ] = "postgresql://postgres@127.0.0.1:5432/test",
 ) -> None:
-    """Run the service on an embedded Kafka (or the local RabbitMQ) with a realistic synthetic
-    operator stream, then summarise."""
+    """Run the service on an embedded Kafka (or the local RabbitMQ, or views of the local
+    PostgreSQL) with a realistic synthetic operator stream, then summarise."""
     from smartico_stream.demo.runner import DemoUnavailable, run_demo
 
-    if transport not in ("kafka", "rabbitmq"):
-        _fail(f"--transport takes kafka or rabbitmq, not {transport!r}")
+    if transport not in ("kafka", "rabbitmq", "replica"):
+        _fail(f"--transport takes kafka, rabbitmq or replica, not {transport!r}")
     configure_logging("ERROR", "console")  # the progress line already counts dead letters
     progress = None if json else (lambda line: typer.echo(line, err=True))
     try:
         summary = uvloop.run(run_demo(events=events, users=users, duration_s=duration, metrics_port=metrics_port,
-                                      progress=progress, keep=keep, transport=transport, rabbitmq_url=rabbitmq_url))
+                                      progress=progress, keep=keep, transport=transport, rabbitmq_url=rabbitmq_url,
+                                      replica_dsn=replica_dsn))
     except DemoUnavailable as exc:
         _fail(str(exc), 1)
     if json:
@@ -706,8 +712,9 @@ def _lazy(target: str) -> type[TyperCommand]:
 
 
 def _lag() -> None:
-    """Per-partition committed offset, high watermark and lag of the group (Kafka), or per-queue depth
-    and consumers (RabbitMQ), read from the broker; works while the service is down."""
+    """Per-partition committed offset, high watermark and lag of the group (Kafka), per-queue depth
+    and consumers (RabbitMQ), or per-view cursor, cursor lag, rows behind and lease holder (replica),
+    read from the broker (the store and the replica); works while the service is down."""
 
 
 def _bench() -> None:

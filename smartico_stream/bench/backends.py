@@ -26,6 +26,23 @@ async def postgres_problem(dsn: str) -> str | None:
     return None
 
 
+async def mysql_problem(dsn: str) -> str | None:
+    """Why MySQL / MariaDB at ``dsn`` cannot be used (the password redacted), or None when it answers."""
+    try:
+        from urllib.parse import unquote, urlsplit
+
+        import asyncmy
+
+        parts = urlsplit(dsn)
+        connection = await asyncio.wait_for(asyncmy.connect(
+            host=parts.hostname or "127.0.0.1", port=parts.port or 3306, user=unquote(parts.username or "root"),
+            password=unquote(parts.password or "")), 5)
+        await connection.ensure_closed()
+    except Exception as exc:  # noqa: BLE001 - any failure is reported the same way
+        return f"MySQL/MariaDB is not reachable at {_redact(dsn)} ({type(exc).__name__}: {exc})"
+    return None
+
+
 async def drop_pg_schemas(dsn: str, schemas: list[str]) -> None:
     """Drop a scenario's scratch schemas (best effort: a failure leaves them behind, not the run)."""
     import asyncpg

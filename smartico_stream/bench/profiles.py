@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCENARIOS = ("raw", "pipeline", "aggregates", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline")
+SCENARIOS = ("raw", "pipeline", "aggregates", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline",
+             "replica_pipeline", "replica_pipeline_mysql")
 PARTS = (*SCENARIOS, "latency", "dedup", "audience", "scaling")  # what --only can name
 OVERALL_KEYS = ("ratio_pipeline_to_raw", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "dedup_bytes_per_key")
 
 DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_MYSQL_DSN = "mysql://root@127.0.0.1:3306/test"
 
 # The latency run is also reported per slice of this many seconds: the embedded cluster's cost grows
 # over a paced run (docs/performance.md, Latency), and the tail with it.
@@ -32,6 +34,7 @@ class Profile:
     dedup_traced_keys: int  # keys for the tracemalloc cross-check
     scaling: bool  # 1M users vs 100k users, two processes vs one
     scaling_seconds: float
+    replica_rows: int = 20_000  # rows written to the replica views (all before reading) per database
     max_ahead: int = 20_000
     max_ahead_bytes: int = 8 << 20  # all 16 partitions together: ~1.3 MB on the busiest one
     # raw rounds: as large as the cluster's retention safely allows, whatever the mode (each round
@@ -47,4 +50,4 @@ QUICK = Profile("quick", users=20_000, events=40_000, pipeline_seconds=2.0, rabb
                 audience_users=100_000)
 FULL = Profile("full", users=100_000, events=600_000, pipeline_seconds=90.0, rabbit_events=60_000,
                latency_seconds=30.0, latency_warmup_s=3.0, dedup_keys=12_000_000, dedup_traced_keys=1_000_000,
-               scaling=True, scaling_seconds=60.0)
+               scaling=True, scaling_seconds=60.0, replica_rows=200_000)

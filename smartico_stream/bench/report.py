@@ -86,6 +86,8 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
         "two_processes >= 1.7 x one": processes.get("speedup"),
         # Judged on the full run's 1M users only (--quick counts fewer).
         "audience_1m_users_s <= 10": audience.get("count_s") if audience.get("users") == 1_000_000 else None,
+        "replica_pipeline >= 0.5 x its raw read": scenarios["replica_pipeline"].get("ratio_to_raw"),
+        "replica_pipeline_mysql >= 0.5 x its raw read": scenarios["replica_pipeline_mysql"].get("ratio_to_raw"),
     }
     checks = {
         "pipeline_events_per_s >= 100000": lambda v: v >= 100_000,
@@ -98,6 +100,8 @@ def overall(report: dict[str, Any], profile: Profile) -> None:
         "users_1m_peak_rss <= 1.2 x users_100k": lambda v: v <= 1.2,
         "two_processes >= 1.7 x one": lambda v: v >= 1.7,
         "audience_1m_users_s <= 10": lambda v: v <= 10,
+        "replica_pipeline >= 0.5 x its raw read": lambda v: v >= 0.5,
+        "replica_pipeline_mysql >= 0.5 x its raw read": lambda v: v >= 0.5,
     }
     report["targets"] = {
         name: {"measured": value, "met": None if value is None else bool(checks[name](value))}

@@ -13,11 +13,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from smartico_stream.bench.backends import postgres_problem, rabbitmq_back, rabbitmq_problem
+from smartico_stream.bench.backends import mysql_problem, postgres_problem, rabbitmq_back, rabbitmq_problem
 from smartico_stream.bench.cluster import MOCK_CLUSTER_CONSUMER, Cluster
 from smartico_stream.bench.machine import core_plan, load_avg, machine
 from smartico_stream.bench.processes import SLOTS
 from smartico_stream.bench.profiles import (
+    DEFAULT_MYSQL_DSN,
     DEFAULT_PG_DSN,
     DEFAULT_RABBITMQ_URL,
     FULL,
@@ -36,6 +37,7 @@ from smartico_stream.bench.scenarios import (
     scenario_processes,
     scenario_rabbit,
     scenario_raw,
+    scenario_replica,
     scenario_users,
 )
 from smartico_stream.bench.settings import defaults_kept, flat_settings
@@ -46,7 +48,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
                     rabbitmq_url: str | None = None, profile_path: Path | None = None,
                     only: Collection[str] | None = None,
                     overrides: dict[str, dict[str, Any]] | None = None,
-                    latency_rate: float | None = None) -> dict[str, Any]:
+                    latency_rate: float | None = None, mysql_dsn: str | None = None) -> dict[str, Any]:
     """Run every scenario once; return the report (the JSON of ``smartico-stream bench --json``).
 
     Every key is present: a scenario that could not run holds ``{"skipped": reason}``, one that
@@ -68,6 +70,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
     report["machine"]["pinning"] = cores
     pg_dsn = pg_dsn or os.environ.get("SMARTICO_STREAM_BENCH_PG_DSN") or DEFAULT_PG_DSN
     rabbitmq_url = rabbitmq_url or os.environ.get("SMARTICO_STREAM_BENCH_RABBITMQ_URL") or DEFAULT_RABBITMQ_URL
+    mysql_dsn = mysql_dsn or os.environ.get("SMARTICO_STREAM_BENCH_MYSQL_DSN") or DEFAULT_MYSQL_DSN
     report["settings"] = {
         "stream": {"users": profile.users, "records": profile.events, "duplicate_share": 0.02, "malformed_share": 0.01,
                    "oversized_bytes": OVERSIZED_BYTES},
@@ -75,6 +78,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
         "max_ahead_records": profile.max_ahead,
         "max_ahead_bytes": profile.max_ahead_bytes,
         "rabbitmq_records": profile.rabbit_events,
+        "replica_rows": profile.replica_rows,
         "rules": 50,
         "service_overrides": {
             "kafka.config": {"bootstrap.servers": "<embedded>", "group.id": "<per scenario>", **MOCK_CLUSTER_CONSUMER},
@@ -118,7 +122,7 @@ async def run_bench(quick: bool, progress: Progress | None = None, *, pg_dsn: st
         report["settings"]["stream"].update(written)
         cluster = Cluster(ctx, shared, cores["cluster"])
         env = Env(profile, ctx, shared, cluster, cores, workdir, stream, rules, keys_file, say, pg_dsn, rabbitmq_url,
-                   overrides or {})
+                   overrides or {}, mysql_dsn)
         try:
             await cluster.start()
             await _run_scenarios(env, report, selected, profile_path, latency_rate)
@@ -201,6 +205,19 @@ async def _run_scenarios(env: Env, report: dict[str, Any], selected: frozenset[s
             failed = scenarios[name]
             scenarios[name] = await guard(scenario_rabbit(env, pipeline))
             scenarios[name]["retried_after"] = failed["error"].splitlines()[0]
+        say(scenario_line(name, scenarios[name]))
+    for name, kind in (("replica_pipeline", "postgresql"), ("replica_pipeline_mysql", "mysql")):
+        if not wanted(name):
+            continue
+        problem = await (postgres_problem(env.pg_dsn) if kind == "postgresql" else mysql_problem(env.mysql_dsn))
+        if problem:
+            scenarios[name] = {"skipped": problem}
+        else:
+            say(f"{name}: the service polling replica views on {kind} (and the same pages read alone)")
+            scenarios[name] = await guard(scenario_replica(env, kind))
+            raw = scenarios[name].get("raw", {}).get("events_per_s")
+            if raw:
+                say(f"  ceiling {raw:,.0f} rows/s; the service {scenarios[name].get('ratio_to_raw')} of it")
         say(scenario_line(name, scenarios[name]))
     if chosen("dedup"):
         say(f"dedup: a window of {profile.dedup_keys:,} keys (120 s at 100k/s"

@@ -39,6 +39,9 @@ def service_settings(params: dict[str, Any]) -> dict[str, Any]:
             "exchanges": {stream.value: f"{prefix}.{topic}" for stream, topic in TOPICS.items()},
             "dead_letter_exchange": f"{prefix}.dead-letters",
         }
+    if params.get("replica"):
+        settings["source"] = "replica"
+        settings["replica"] = params["replica"]
     return merge_settings(settings, params.get("overrides") or {})
 
 

@@ -25,11 +25,13 @@ from confluent_kafka import Consumer, Producer
 
 from smartico_stream.config import Settings, load_settings
 from smartico_stream.demo.embedded_kafka import EmbeddedKafka
+from smartico_stream.demo.replica_feed import ReplicaFeeder
 from smartico_stream.demo.synthetic import StreamSpec, synthetic_stream
 from smartico_stream.events.raw import Stream
 from smartico_stream.pii.keys import generate_key_ring, key_ring_to_json
 from smartico_stream.service import Service
 from smartico_stream.sources.kafka import message_headers
+from smartico_stream.sources.replica.settings import ReplicaSettings, ViewSettings
 
 DEMO_TOPICS = {
     Stream.PROFILE: "user_profile", Stream.PAYMENTS: "payments", Stream.CASINO: "casino", Stream.SPORT: "sport"
@@ -243,6 +245,25 @@ class _RabbitFeeder(threading.Thread):
             await asyncio.gather(*pending)
 
 
+DEMO_REPLICA_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+"""The PostgreSQL the replica demo writes its scratch schema to (this machine's test server)."""
+
+
+async def postgres_reachable(dsn: str) -> str | None:
+    """None when PostgreSQL accepts a connection at ``dsn``; otherwise what to do about it."""
+    import asyncpg
+
+    from smartico_stream.sources.replica.settings import server_of
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any failure is reported the same way
+        return (f"PostgreSQL is not reachable at {server_of(dsn)} ({exc.__class__.__name__}). Start it "
+                "(pg_ctlcluster 15 main start) or give another server with --replica-dsn.")
+    await conn.close()
+    return None
+
+
 async def rabbitmq_reachable(url: str) -> str | None:
     """None when RabbitMQ answers at ``url``; otherwise what to do about it."""
     import aio_pika
@@ -282,27 +303,49 @@ async def run_demo(
     keep: Path | None = None,
     transport: str = "kafka",
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/",
+    replica_dsn: str = DEMO_REPLICA_DSN,
 ) -> DemoSummary:
-    """Run the demo on the embedded Kafka, or with ``transport="rabbitmq"`` on the RabbitMQ at
-    ``rabbitmq_url``; with ``keep``, its files stay there (state and PII stores, delivered actions,
-    dead letters as read back from their topic, and the final metrics)."""
+    """Run the demo on the embedded Kafka, with ``transport="rabbitmq"`` on the RabbitMQ at
+    ``rabbitmq_url``, or with ``transport="replica"`` on views of a scratch schema of the PostgreSQL
+    at ``replica_dsn`` (dropped afterwards unless ``keep``); with ``keep``, its files stay there
+    (state and PII stores, delivered actions, dead letters as read back from their topic, and the
+    final metrics)."""
     started = time.monotonic()
     if transport == "rabbitmq":
         problem = await rabbitmq_reachable(rabbitmq_url)
         if problem is not None:
             raise DemoUnavailable(problem)
+    if transport == "replica":
+        problem = await postgres_reachable(replica_dsn)
+        if problem is not None:
+            raise DemoUnavailable(problem)
     with contextlib.ExitStack() as scope:
-        kafka = scope.enter_context(EmbeddedKafka())
+        kafka = scope.enter_context(EmbeddedKafka()) if transport != "replica" else None
         if keep is None:
             workdir = scope.enter_context(tempfile.TemporaryDirectory(prefix="smartico-demo-"))
         else:
             keep.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - at start-up, nothing else runs yet
             workdir = str(keep)
-        settings = demo_settings(kafka.bootstrap_servers, metrics_port, Path(workdir))
+        bootstrap = kafka.bootstrap_servers if kafka is not None else "127.0.0.1:9"  # replica: no Kafka
+        settings = demo_settings(bootstrap, metrics_port, Path(workdir))
         spec = StreamSpec(users=users, events=events, oversized_bytes=DEMO_MAX_MESSAGE_BYTES + 4096)
         deadline = started + duration_s if duration_s else None
-        feeder: _Feeder | _RabbitFeeder
-        if transport == "rabbitmq":
+        feeder: _Feeder | _RabbitFeeder | ReplicaFeeder
+        feeding: asyncio.Task[None] | None = None
+        if transport == "replica":
+            feeder = ReplicaFeeder(replica_dsn, f"smartico_demo_{os.getpid()}_{int(time.time())}", spec,
+                                   lambda: service.stats.consumed, deadline, max_ahead)
+            await feeder.create()
+            settings = settings.model_copy(update={
+                "source": "replica",
+                "replica": ReplicaSettings(
+                    dsn=replica_dsn, page_size=2000, visibility_delay_s=0.5, idle_wait_s=0.2,
+                    views=[ViewSettings(name=feeder.view(stream), stream=stream, cursor="seq", kind="id")
+                           for stream in DEMO_TOPICS],
+                ),
+            })
+            service = Service(settings)
+        elif transport == "rabbitmq":
             prefix = f"smartico-demo-{os.getpid()}-{int(time.time())}"
             settings = settings.model_copy(update={
                 "source": "rabbitmq",
@@ -317,9 +360,9 @@ async def run_demo(
             feeder = _RabbitFeeder(rabbitmq_url, dict(settings.rabbitmq.exchanges), spec,
                                    lambda: service.stats.consumed, deadline, max_ahead)
         else:
-            _create_topics(kafka.bootstrap_servers, [*DEMO_TOPICS.values(), settings.kafka.dead_letter_topic])
+            _create_topics(bootstrap, [*DEMO_TOPICS.values(), settings.kafka.dead_letter_topic])
             service = Service(settings)
-            feeder = _Feeder(kafka.bootstrap_servers, spec, lambda: service.stats.consumed, deadline, max_ahead)
+            feeder = _Feeder(bootstrap, spec, lambda: service.stats.consumed, deadline, max_ahead)
         stop = asyncio.Event()
         summary = DemoSummary(users=users)
         run_task = asyncio.create_task(service.run(stop))
@@ -327,13 +370,16 @@ async def run_demo(
         joining = transport == "rabbitmq"
         while joining and not service.transport.joined and not run_task.done():  # noqa: ASYNC110 - a flag, no event
             await asyncio.sleep(0.05)
-        feeder.start()
+        if isinstance(feeder, ReplicaFeeder):
+            feeding = asyncio.create_task(feeder.run(), name="demo-replica-feeder")
+        else:
+            feeder.start()
         last_consumed, last_tick = 0, time.monotonic()
         announced = False
         while not run_task.done():
             await asyncio.sleep(0.5)
             lag = service.transport.lag_messages()
-            if lag is None:  # RabbitMQ: what was published and not yet consumed is in the queues
+            if lag is None:  # RabbitMQ, replica: what was written and not yet consumed
                 lag = max(feeder.produced - service.stats.consumed, 0)
             summary.max_lag = max(summary.max_lag, lag)
             now = time.monotonic()
@@ -354,7 +400,16 @@ async def run_demo(
                 stop.set()
             elif feeder.done.is_set() and service.stats.consumed >= feeder.produced:
                 stop.set()  # drained: the service commits and leaves the group on its way out
-        await run_task
+        try:
+            await run_task
+            if feeding is not None:
+                await feeding
+        finally:
+            if feeding is not None and not feeding.done():
+                feeding.cancel()  # the service died: nothing consumes what it would write
+                await asyncio.gather(feeding, return_exceptions=True)
+            if isinstance(feeder, ReplicaFeeder) and keep is None:
+                await feeder.drop()
         if transport == "rabbitmq" and keep is None:
             await _delete_topology(rabbitmq_url, settings)
         if feeder.error is not None:
@@ -373,7 +428,7 @@ async def run_demo(
         summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
         summary.expected = dict(sorted(feeder.kinds.items()))
         summary.duration_s = round(time.monotonic() - started, 2)
-        if keep is not None and transport == "kafka":
+        if keep is not None and transport == "kafka" and kafka is not None:
             (keep / "metrics.txt").write_bytes(service.metrics.render())
             _save_dead_letters(kafka.bootstrap_servers, settings.kafka.dead_letter_topic, summary.dead_lettered,
                                keep / "dead-letters.jsonl")

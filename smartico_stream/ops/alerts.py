@@ -34,6 +34,7 @@ RUNBOOK_URL = "https://github.com/smartico/smartico-stream/blob/main/docs/runboo
 GROUP_BY = ("namespace", "operator", "consumer_group")
 TOPIC_LAG = "smartico_stream:consumer_lag_messages:sum_by_topic"
 QUEUE_READY = "smartico_stream:rabbitmq_queue_messages_ready:max_by_queue"
+VIEW_LAG = "smartico_stream:replica_cursor_lag_seconds:max_by_view"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,16 @@ class AlertParams:
     rebalance_max: int = 20  # assignments one instance saw in rebalance_window
     rebalance_for: str = "5m"
     paused_for: str = "10m"
+    # The replica source (docs/replica.md): a view's cursor lag in seconds, failing reads, cycles.
+    replica_lag_threshold_s: int = 900  # 15 minutes behind the database's now()
+    replica_lag_for: str = "5m"
+    replica_trend_window_minutes: int = 15
+    replica_trend_for: str = "2m"
+    replica_errors_window: str = "5m"
+    replica_errors_for: str = "10m"
+    replica_cycle_window: str = "15m"
+    replica_cycle_for: str = "5m"
+    replica_no_poller_for: str = "5m"
     # Scope: label matchers added to every service-side selector, e.g. {"operator": "operator-a"}.
     selector: Mapping[str, str] = field(default_factory=dict)
     job: str = "smartico-stream"  # the scrape job, for the "service down" rule when no selector is given
@@ -69,6 +80,14 @@ class AlertParams:
     @property
     def trend_offset(self) -> str:
         return f"{self.trend_window_minutes - max(self.trend_window_minutes // 3, 1)}m"
+
+    @property
+    def replica_trend_segment(self) -> str:
+        return f"{max(self.replica_trend_window_minutes // 3, 1)}m"
+
+    @property
+    def replica_trend_offset(self) -> str:
+        return f"{self.replica_trend_window_minutes - max(self.replica_trend_window_minutes // 3, 1)}m"
 
 
 def params_from_settings(settings: Any, operator: str | None = None, **overrides: Any) -> AlertParams:
@@ -153,6 +172,12 @@ def rule_groups(params: AlertParams) -> list[dict[str, Any]]:
         {
             "record": QUEUE_READY,
             "expr": _fold(f"max {_by('queue')} (smartico_stream_rabbitmq_queue_messages_ready{sel})"),
+        },
+        {
+            # Only the polling instance updates a view's gauge; a standby's stays at its last value
+            # or 0, so max (not sum) over instances.
+            "record": VIEW_LAG,
+            "expr": _fold(f"max {_by('view')} (smartico_stream_replica_cursor_lag_seconds{sel})"),
         },
     ]
     alerts = [
@@ -277,8 +302,75 @@ sum {_by('topic')} (rate(smartico_stream_records_total{sel}[{p.dead_letter_windo
             f"The outbox backlog reached outbox.max_backlog {p.paused_for} ago and sinks have not drained it "
             "to half since: actions are not being delivered.",
         ),
+        *_replica_alerts(p, sel, where),
     ]
     return [{"name": p.group_name, "rules": [*recording, *alerts]}]
+
+
+def _replica_alerts(p: AlertParams, sel: str, where: str) -> list[dict[str, Any]]:
+    """The replica source's rules: a view far behind or falling further behind, reads failing,
+    no cycle completing, nobody polling. Series exist only for a ``source: replica`` deployment,
+    so on the other sources these rules never fire."""
+    view_lag = f"{VIEW_LAG}{sel}"
+    leader = f"smartico_stream_replica_leader{sel}"
+    return [
+        _alert(
+            p, "SmarticoStreamReplicaCursorLagHigh",
+            f"{view_lag} >= {p.replica_lag_threshold_s}",
+            p.replica_lag_for, "critical",
+            f"Replica view {{{{ $labels.view }}}} is {{{{ $value | humanizeDuration }}}} behind for {where}",
+            f"The view's committed cursor has been {p.replica_lag_threshold_s} s or more behind the database's "
+            f"now() for {p.replica_lag_for}: its rows reach the rule engine that late.",
+        ),
+        _alert(
+            p, "SmarticoStreamReplicaCursorLagGrowing",
+            f"""
+min_over_time({view_lag}[{p.replica_trend_window_minutes}m]) > 0
+and
+min_over_time({view_lag}[{p.replica_trend_segment}])
+  > max_over_time({view_lag}[{p.replica_trend_segment}] offset {p.replica_trend_offset})
+""",
+            p.replica_trend_for, "warning",
+            f"Replica view {{{{ $labels.view }}}} is falling behind (at least {{{{ $value | humanizeDuration }}}} "
+            f"for {p.replica_trend_window_minutes} minutes) for {where}",
+            f"Over {p.replica_trend_window_minutes} minutes the view never caught up (its cursor lag is 0 once "
+            f"a cycle reads it to its end) and the lowest lag of the last {p.replica_trend_segment} is above "
+            f"the highest of {p.replica_trend_window_minutes} minutes ago: rows arrive faster than they are "
+            "read and handled.",
+        ),
+        _alert(
+            p, "SmarticoStreamReplicaReadsFailing",
+            f"sum {_by('view')} (increase(smartico_stream_replica_errors_total{sel}[{p.replica_errors_window}])) > 0",
+            p.replica_errors_for, "warning",
+            f"Reads of replica view {{{{ $labels.view }}}} keep failing for {where}",
+            f"Page queries of this view have failed in every {p.replica_errors_window} window for "
+            f"{p.replica_errors_for} (connection lost or refused, statement timeout, a missing view or "
+            "grant). They are retried with backoff and the cursor does not move.",
+        ),
+        _alert(
+            p, "SmarticoStreamReplicaCycleStalled",
+            f"""
+max {_by()} ({leader}) == 1
+unless {_on()}
+sum {_by()} (increase(smartico_stream_replica_cycles_total{sel}[{p.replica_cycle_window}])) > 0
+unless {_on()}
+sum {_by()} (increase(smartico_stream_replica_rows_total{sel}[{p.replica_cycle_window}])) > 0
+""",
+            p.replica_cycle_for, "critical",
+            f"The replica poller completed no cycle and read no row in {p.replica_cycle_window} for {where}",
+            f"An instance holds the views' lease but in the last {p.replica_cycle_window} no cycle over the "
+            "views completed and no row was read: the poller is stuck (reads failing, the store refusing "
+            "commits, or the outbox pausing consumption). A long first load reads rows and does not fire this.",
+        ),
+        _alert(
+            p, "SmarticoStreamReplicaNoPoller",
+            f"max {_by()} ({leader}) == 0",
+            p.replica_no_poller_for, "critical",
+            f"No instance polls the replica views for {where}",
+            f"The instances are up but none has held the views' lease for {p.replica_no_poller_for}: "
+            "none can take it (the store is unreachable, or the replica refuses the standby's connection).",
+        ),
+    ]
 
 
 def alert_names(params: AlertParams | None = None) -> list[str]:

@@ -164,6 +164,33 @@ def rows() -> list[Row]:
                 (f"sum by (queue) (smartico_stream_rabbitmq_unacked_messages{{{SEL}}})", "{{queue}} unacked (held)"),
             ]),
         ], collapsed=True),
+        Row("Replica source", [
+            Panel("Cursor lag per view", [(
+                f"max by (view) (smartico_stream_replica_cursor_lag_seconds{{{SEL}}})", "{{view}}")], unit="s",
+                description="The database's now() minus the view's committed cursor; 0 once a cycle read the view to "
+                            "its end. SmarticoStreamReplicaCursorLagHigh fires at 15 minutes."),
+            Panel("Rows read per view", [(
+                f"sum by (view) (rate(smartico_stream_replica_rows_total{{{SEL}}}[{RATE}]))", "{{view}}")],
+                unit="reqps", stack=True),
+            Panel("Page query time per view", [
+                (f"histogram_quantile({q}, sum by (view, le) "
+                 f"(rate(smartico_stream_replica_query_seconds_bucket{{{SEL}}}[{RATE}])))", f"{{{{view}}}} p{p}")
+                for q, p in (("0.5", 50), ("0.95", 95))
+            ], unit="s", description="Near replica.statement_timeout_s: the view's (cursor, id) index is missing."),
+            Panel("Cycles and cycle time", [
+                (f"sum(rate(smartico_stream_replica_cycles_total{{{SEL}}}[{RATE}])) * 60", "cycles per minute"),
+                ("histogram_quantile(0.95, sum by (le) "
+                 f"(rate(smartico_stream_replica_cycle_seconds_bucket{{{SEL}}}[{RATE}])))", "cycle time p95 (s)"),
+            ], description="SmarticoStreamReplicaCycleStalled fires when no cycle completes and no row is read "
+                           "for 15 minutes."),
+            Panel("Read errors by view and class", [(
+                f"sum by (view, error_class) (rate(smartico_stream_replica_errors_total{{{SEL}}}[{RATE}]))",
+                "{{view}} {{error_class}}")], unit="reqps", stack=True,
+                description="Retried with backoff; the cursor does not move."),
+            Panel("Poller (lease holder)", [(
+                f"sum by (instance) (smartico_stream_replica_leader{{{SEL}}})", "{{instance}}")],
+                description="1 on the instance that holds the views' lease and polls them; the others stand by."),
+        ], collapsed=True),
         Row("Process", [
             Panel("CPU", [(
                 f"rate(process_cpu_seconds_total{{{SEL}}}[{RATE}]) {ONLY_SERVICE}", "{{instance}}")],

@@ -9,10 +9,13 @@ when it matters most), in cron jobs and in CI checks, and it exits non-zero abov
   service causes no rebalance.
 - RabbitMQ: per configured queue (``rabbitmq.exchanges`` x ``rabbitmq.queues_per_stream``), the
   messages waiting and the consumers attached, from a passive queue declare (it never creates one).
+- Replica views: per view, the stored cursor, the cursor lag in seconds (the database's now minus
+  the cursor), the rows still to read (up to ``--count-limit``) and the lease holder, from the store
+  and the replica (smartico_stream/ops/replica_lag.py).
 
 Exit codes: 0 within the threshold, 1 above it, 2 unusable configuration (including settings the
-client library refuses and credentials the broker refuses), 3 broker unreachable or a configured
-topic/queue missing.
+client library refuses and credentials the broker refuses), 3 broker (store, replica) unreachable or
+a configured topic/queue missing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from smartico_stream.config import (
     connection_problems,
     load_settings,
 )
+from smartico_stream.ops.replica_lag import DEFAULT_COUNT_CAP, ReplicaLagError, ViewLag, view_lags
 from smartico_stream.sources.kafka import PartitionLag, committed_lag, connection_config
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "LagReport",
     "PartitionLag",
     "QueueDepth",
+    "ViewLag",
     "group_lag",
     "lag_app",
     "lag_command",
@@ -92,17 +97,26 @@ class QueueDepth:
 
 @dataclass(frozen=True, slots=True)
 class LagReport:
-    source: str  # kafka | rabbitmq
-    group: str  # Kafka group id, or the RabbitMQ URL's vhost
+    source: str  # kafka | rabbitmq | replica
+    group: str  # Kafka group id, the RabbitMQ URL's vhost, or the replica's server
     partitions: tuple[PartitionLag, ...] = ()
     queues: tuple[QueueDepth, ...] = ()
+    views: tuple[ViewLag, ...] = ()
 
     @property
     def total(self) -> int:
-        """Messages the group still has to handle: Kafka lag, or RabbitMQ ready messages."""
+        """Messages the group still has to handle: Kafka lag, RabbitMQ ready messages, or rows the
+        replica poller still has to read (each view counted up to the count limit)."""
         if self.source == "kafka":
             return sum(p.lag for p in self.partitions)
+        if self.source == "replica":
+            return sum(v.rows_behind for v in self.views)
         return sum(q.messages for q in self.queues)
+
+    @property
+    def max_lag_seconds(self) -> float:
+        """The replica views' highest cursor lag in seconds (0 for the other sources)."""
+        return max((v.lag_seconds or 0.0 for v in self.views), default=0.0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +125,7 @@ class LagReport:
             "total": self.total,
             "partitions": [asdict(p) for p in self.partitions],
             "queues": [asdict(q) for q in self.queues],
+            "views": [asdict(v) for v in self.views],
         }
 
 
@@ -215,7 +230,15 @@ async def queue_depths(settings: Settings, timeout_s: float = 10.0) -> list[Queu
 # -- the report -----------------------------------------------------------------------------------
 
 
-def report(settings: Settings, timeout_s: float = 10.0) -> LagReport:
+def report(settings: Settings, timeout_s: float = 10.0, count_cap: int = DEFAULT_COUNT_CAP) -> LagReport:
+    if settings.source == "replica":
+        try:
+            server, views = asyncio.run(asyncio.wait_for(view_lags(settings, count_cap), timeout_s))
+        except ReplicaLagError as exc:
+            raise LagError(str(exc)) from None
+        except TimeoutError:
+            raise LagError(f"the store or the replica did not answer within {timeout_s:g} s (--timeout)") from None
+        return LagReport("replica", server, views=tuple(views))
     if settings.source == "rabbitmq":
         from urllib.parse import urlsplit
 
@@ -229,7 +252,17 @@ def render_table(lag: LagReport) -> str:
     header: tuple[str, ...]
     rows: list[tuple[str, ...]]
     footer: tuple[str, ...]
-    if lag.source == "kafka":
+    if lag.source == "replica":
+        header = ("VIEW", "CURSOR", "LAG_SECONDS", "ROWS_BEHIND", "HOLDER")
+        rows = [
+            (v.view, ",".join(str(c) for c in v.cursor) if v.cursor is not None else "-",
+             f"{v.lag_seconds:.1f}" if v.lag_seconds is not None else "-",
+             f"{v.rows_behind}{'+' if v.rows_behind_capped else ''}", f"{v.holder or '-'}")
+            for v in lag.views
+        ]
+        footer = ("TOTAL", "", f"{lag.max_lag_seconds:.1f}", str(lag.total), "")
+        title = f"replica {lag.group}"
+    elif lag.source == "kafka":
         header = ("TOPIC", "PARTITION", "COMMITTED", "HIGH_WATERMARK", "LAG")
         rows = [
             (p.topic, str(p.partition), str(p.committed) if p.committed >= 0 else "-", str(p.high_watermark),
@@ -266,12 +299,20 @@ def lag_command(
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the broker")] = 10.0,
+    max_lag_seconds: Annotated[
+        float | None,
+        typer.Option("--max-lag-seconds", min=0, help="replica: exit 1 when a view's cursor lag exceeds this"),
+    ] = None,
+    count_limit: Annotated[
+        int, typer.Option("--count-limit", min=1, help="replica: count each view's rows behind up to this")
+    ] = DEFAULT_COUNT_CAP,
 ) -> None:
-    """Per-partition committed offset, high watermark and lag of the group (Kafka), or per-queue depth
-    and consumers (RabbitMQ), read from the broker; works while the service is down.
+    """Per-partition committed offset, high watermark and lag of the group (Kafka), per-queue depth
+    and consumers (RabbitMQ), or per-view cursor, cursor lag, rows behind and lease holder (replica),
+    read from the broker (the store and the replica); works while the service is down.
 
-    Exit codes: 0 within --max-lag, 1 above it, 2 invalid configuration (or credentials the broker
-    refuses), 3 broker unreachable or a configured topic/queue missing."""
+    Exit codes: 0 within --max-lag (and --max-lag-seconds), 1 above, 2 invalid configuration (or
+    credentials the broker refuses), 3 broker, store or replica unreachable, or a topic/queue missing."""
     try:
         settings = load_settings(config)
         problem = connection_problems(settings, str(config))
@@ -281,7 +322,7 @@ def lag_command(
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_CONFIG) from None
     try:
-        lag = report(settings, timeout)
+        lag = report(settings, timeout, count_limit)
     except LagError as exc:
         typer.echo(f"lag: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -292,6 +333,10 @@ def lag_command(
         typer.echo(render_table(lag))
     if max_lag is not None and lag.total > max_lag:
         typer.echo(f"lag: total {lag.total} is above --max-lag {max_lag}", err=True)
+        raise typer.Exit(EXIT_OVER_THRESHOLD)
+    if max_lag_seconds is not None and lag.max_lag_seconds > max_lag_seconds:
+        typer.echo(f"lag: cursor lag {lag.max_lag_seconds:.1f} s is above --max-lag-seconds {max_lag_seconds:g}",
+                   err=True)
         raise typer.Exit(EXIT_OVER_THRESHOLD)
 
 

@@ -172,6 +172,11 @@ class Store(Protocol):
         """Refresh the renewal time of the leases ``owner`` still holds at these epochs; the
         partitions it no longer holds (taken over: their epoch moved on)."""
 
+    async def release_leases(self, owner: str, epochs: dict[PartitionId, int]) -> None:
+        """Give up the leases ``owner`` still holds at these epochs (a clean shutdown): they keep
+        their epoch but read as never renewed, so a standby takes them over at once instead of
+        after the lease timeout. A lease taken over meanwhile is left alone."""
+
     async def reset_source_cursor(self, partition: PartitionId, cursor: str, owner: str, actor: str,
                                   reason: str) -> str | None:
         """Move a partition's cursor by hand, audited (``cursor_resets``): takes the partition's lease

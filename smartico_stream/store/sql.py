@@ -53,6 +53,10 @@ class Connection(Protocol):
         ...
 
 
+# The renewal time of a released lease: long expired for any lease timeout.
+_RELEASED_AT = datetime(1970, 1, 1, tzinfo=UTC).isoformat(timespec="milliseconds")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -393,6 +397,17 @@ class SqlStore:
                 if not changed:
                     lost.append((topic, part))
         return lost
+
+    async def release_leases(self, owner: str, epochs: dict[PartitionId, int]) -> None:
+        # The epoch stays: the next holder bumps it as on any takeover, so a late write of ours
+        # would still be fenced. Only the renewal time goes back to the epoch's start.
+        async with self.transaction() as conn:
+            for (topic, part), epoch in sorted(epochs.items()):
+                await conn.execute(
+                    "UPDATE partition_leases SET acquired_at = ? WHERE topic = ? AND part = ? AND owner = ? "
+                    "AND epoch = ?",
+                    _RELEASED_AT, topic, part, owner, epoch,
+                )
 
     async def reset_source_cursor(self, partition: PartitionId, cursor: str, owner: str, actor: str,
                                   reason: str) -> str | None:

@@ -100,6 +100,14 @@ class OperatorDb:
             await conn.commit()
             await conn.ensure_closed()
 
+    async def rollback(self, conn: Any) -> None:
+        if self.kind == "postgresql":
+            await conn.execute("ROLLBACK")
+            await conn.close()
+        else:
+            await conn.rollback()
+            await conn.ensure_closed()
+
     async def deposits_table(self, name: str = "deposits") -> str:
         """The spec's deposits view (as a table), naive UTC times; returns the qualified name."""
         await self.execute(

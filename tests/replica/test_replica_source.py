@@ -123,6 +123,48 @@ async def test_a_view_by_increasing_id(operator_db, replica_settings):
     assert {event.bet_amount for event in engine.events} == {Decimal("1.50")}
 
 
+async def test_an_id_view_does_not_skip_an_id_that_commits_after_a_higher_one(operator_db, replica_settings):
+    """Id 4 is taken by a transaction that commits after id 5 became visible: read only up to the
+    id horizon (the highest id of at least visibility_delay_s ago), so id 4 is read, before id 5;
+    an id rolled back (a gap for ever) does not stop the ids after it."""
+    db = operator_db
+    auto = "BIGSERIAL" if db.kind == "postgresql" else "BIGINT AUTO_INCREMENT"
+    await db.execute(
+        f'CREATE TABLE "{{schema}}"."casino" (id {auto} PRIMARY KEY, ext_brand_id varchar(8), user_ext_id varchar(8), '
+        "type varchar(8), bet_id varchar(16), bet_date {ts}, bet_amount decimal(10,2), game_name varchar(32), "
+        "game_id varchar(16))"
+    )
+    now = await db.now_utc()
+
+    def bet(i: int) -> dict[str, Any]:
+        return {"ext_brand_id": "b1", "user_ext_id": "u1", "type": "bet", "bet_id": f"bet{i}",
+                "bet_date": ago(now, 100 - i), "bet_amount": Decimal("1.50"), "game_name": "Slots", "game_id": "g1"}
+
+    await db.insert("casino", [bet(1), bet(2), bet(3)])
+    view = {"name": db.qualified("casino"), "stream": "casino", "cursor": "id", "kind": "id"}
+    settings = replica_settings(db, [view], visibility_delay_s=1.5)
+    engine = RecordingEngine()
+    running = ServiceRun(Service(settings, engine=engine))
+    try:
+        await running.wait_until(lambda: len(engine.applied) >= 3, "the first three bets")
+        late = await db.open_transaction()
+        await db.insert("casino", [bet(4)], conn=late)  # takes id 4, not committed yet
+        await db.insert("casino", [bet(5)])  # id 5, visible at once
+        await asyncio.sleep(0.6)
+        assert len(engine.applied) == 3, "id 5 was read while id 4 could still commit"
+        await db.commit(late)
+        await running.wait_until(lambda: len(engine.applied) >= 5, "bets 4 and 5")
+        gone = await db.open_transaction()
+        await db.insert("casino", [bet(6)], conn=gone)  # takes id 6 ...
+        await db.rollback(gone)  # ... which never appears
+        await db.insert("casino", [bet(7)])
+        await running.wait_until(lambda: len(engine.applied) >= 6, "bet 7 past the gap")
+        await asyncio.sleep(0.3)
+    finally:
+        await running.stop()
+    assert engine.event_ids() == ["bet1", "bet2", "bet3", "bet4", "bet5", "bet7"]
+
+
 async def test_a_bad_row_is_a_dead_letter_and_the_cursor_moves_past_it(operator_db, replica_settings, tmp_path):
     db = operator_db
     await db.deposits_table()
@@ -255,6 +297,40 @@ async def test_two_instances_one_polls_and_the_other_takes_over(operator_db, rep
     assert {entry.instance for entry in timeline[30:]} == {"b"}
 
 
+async def test_a_clean_shutdown_releases_the_lease_so_a_standby_takes_over_at_once(operator_db, replica_settings):
+    """The lease timeout is 30 s, yet the standby polls within a few seconds of the first instance's
+    clean stop: the stop released the views (a crash would leave them to time out)."""
+    db = operator_db
+    await db.deposits_table()
+    now = await db.now_utc()
+    rows = [deposit(ago(now, 100 - i), f"t{i:02}") for i in range(20)]
+    await db.insert("deposits", rows[:10])
+    timeline: list[Any] = []
+    first = Service(replica_settings(db, [deposits_view(db)], instance_id="a", lease_timeout_s=30.0),
+                    engine=RecordingEngine("a", timeline))
+    second = Service(replica_settings(db, [deposits_view(db)], instance_id="b", lease_timeout_s=30.0),
+                     engine=RecordingEngine("b", timeline))
+    running_first = ServiceRun(first)
+    await running_first.wait_until(lambda: len(timeline) >= 10, "the first instance's rows")
+    running_second = ServiceRun(second)
+    try:
+        await asyncio.sleep(1.5)
+        assert not second.transport.leading  # type: ignore[attr-defined]
+        await running_first.stop()
+        stopped = asyncio.get_running_loop().time()
+        await db.insert("deposits", rows[10:])
+        await running_second.wait_until(lambda: len(timeline) >= 20, "the standby's rows", timeout_s=10)
+        took_over_in = asyncio.get_running_loop().time() - stopped
+        await asyncio.sleep(0.3)
+    finally:
+        await running_second.stop()
+        if not running_first.task.done():
+            await running_first.stop()
+    assert took_over_in < 5, f"the standby waited {took_over_in:.1f} s: the lease was not released"
+    assert [entry.event.event_id for entry in timeline] == [f"t{i:02}" for i in range(20)]
+    assert {entry.instance for entry in timeline[10:]} == {"b"}
+
+
 def _zone(name: str) -> Any:
     from zoneinfo import ZoneInfo
 
@@ -356,3 +432,86 @@ async def test_reset_cursor_re_pushes_a_view_and_is_audited(operator_db, replica
     finally:
         await store.close()
     assert audit == [(view["name"], "ops", "re-push for a new field")]
+
+
+async def test_lag_shows_each_views_cursor_lag_rows_behind_and_holder(operator_db, replica_settings, tmp_path):
+    """`smartico-stream lag` on a replica config, while the service is down: the view it read to
+    its end is 0 s and 0 rows behind; then, with rows added, it is as many rows behind as were
+    added and its cursor lag is the database's now minus the stored cursor; above
+    --max-lag-seconds it exits 1; a view never read is counted from its start."""
+    import subprocess
+
+    import orjson
+    import yaml
+
+    from tests.support.common import CLI
+
+    db = operator_db
+    await db.deposits_table()
+    await db.deposits_table("withdrawals")
+    now = await db.now_utc()
+    await db.insert("deposits", [deposit(ago(now, 100 - i), f"t{i}") for i in range(5)])
+    await db.insert("withdrawals", [deposit(ago(now, 50 - i), f"w{i}") for i in range(3)])
+    deposits = deposits_view(db)
+    settings = replica_settings(db, [deposits])
+    engine = RecordingEngine()
+    await run_until_applied(Service(settings, engine=engine), engine, 5)
+
+    withdrawals = deposits_view(db, "withdrawals", defaults={"type": "withdrawal_completed"})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"source": "replica", "store": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
+                                      "replica": {"dsn": db.dsn, "views": [deposits, withdrawals],
+                                                  "visibility_delay_s": 0.5}}))
+
+    def lag(*extra: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*CLI, "lag", "--config", str(config), *extra], capture_output=True, timeout=60,
+                              check=False)
+
+    done = lag("--json")
+    assert done.returncode == 0, done.stderr.decode()
+    shown = orjson.loads(done.stdout)
+    assert shown["source"] == "replica"
+    views = {v["view"]: v for v in shown["views"]}
+    caught_up = views[deposits["name"]]
+    assert caught_up["cursor"][1] == "t4" and caught_up["lag_seconds"] == 0.0 and caught_up["rows_behind"] == 0
+    assert caught_up["holder"] == "replica-test"
+    never_read = views[withdrawals["name"]]
+    assert never_read["cursor"] is None and never_read["rows_behind"] == 3 and never_read["holder"] is None
+
+    await db.insert("deposits", [deposit(ago(now, 20 - i), f"t{5 + i}") for i in range(4)])
+    done = lag("--json")
+    views = {v["view"]: v for v in orjson.loads(done.stdout)["views"]}
+    behind = views[deposits["name"]]
+    db_now = await db.now_utc()
+    assert behind["rows_behind"] == 4 and shown["total"] == 3
+    expected = (db_now - ago(now, 96)).total_seconds()  # now minus the stored cursor (t4's time)
+    assert abs(behind["lag_seconds"] - expected) < 5, (behind, expected)
+    assert lag("--count-limit", "2", "--json").stdout and \
+        {v["view"]: v for v in orjson.loads(lag("--count-limit", "2", "--json").stdout)["views"]}[
+            deposits["name"]]["rows_behind_capped"]
+
+    table = lag()
+    assert table.returncode == 0, table.stderr.decode()
+    assert "ROWS_BEHIND" in table.stdout.decode() and deposits["name"] in table.stdout.decode()
+    over = lag("--max-lag-seconds", "30")
+    assert over.returncode == 1 and "above --max-lag-seconds" in over.stderr.decode()
+    assert lag("--max-lag", "6").returncode == 1  # 4 + 3 rows behind
+
+
+async def test_lag_exits_3_when_the_replica_is_unreachable(tmp_path):
+    import socket
+    import subprocess
+
+    import yaml
+
+    from tests.support.common import CLI
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"source": "replica", "store": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
+                                      "replica": {"dsn": f"postgresql://reader@127.0.0.1:{port}/platform"}}))
+    done = subprocess.run([*CLI, "lag", "--config", str(config)], capture_output=True, timeout=60, check=False)
+    assert done.returncode == 3, done.stderr.decode()
+    assert f"replica.dsn: postgresql://127.0.0.1:{port}/platform" in done.stderr.decode()

@@ -36,6 +36,7 @@ class Env:
     pg_dsn: str
     rabbitmq_url: str
     overrides: dict[str, dict[str, Any]]  # bench --set: service settings for every scenario
+    mysql_dsn: str = "mysql://root@127.0.0.1:3306/test"  # the replica_pipeline_mysql scenario's server
 
     def reset(self) -> None:
         """Zero the shared array before a scenario."""

@@ -12,6 +12,7 @@ from smartico_stream.bench.processes import pin_cpus
 from smartico_stream.bench.workers.audience import audience_count
 from smartico_stream.bench.workers.dedup import dedup_memory
 from smartico_stream.bench.workers.raw import kafka_raw, rabbit_raw
+from smartico_stream.bench.workers.replica import replica_raw
 from smartico_stream.bench.workers.service import run_pipeline
 
 
@@ -29,6 +30,10 @@ def worker_main(kind: str, params: dict[str, Any], conn: Any, shared: Any, cpus:
             import uvloop
 
             result = uvloop.run(rabbit_raw(params, shared))
+        elif kind == "replica_raw":
+            import uvloop
+
+            result = uvloop.run(replica_raw(params, shared))
         elif kind == "dedup":
             result = dedup_memory(params)
         elif kind == "audience":

@@ -14,6 +14,10 @@ The query, for a view ordered by its cursor column ``c`` and id columns ``i1, i2
       AND c < now() - :visibility_delay                                     -- timestamp views only
     ORDER BY c, i1, i2 LIMIT :page_size
 
+An id view (``c`` an increasing id, no ``i``) is read ``WHERE c > :c AND c <= :horizon``: the id
+horizon (the view's highest id of at least the visibility delay ago, kept by the transport) stands
+in for the time bound, so an id that commits after a higher one is not skipped.
+
 Ties on ``c`` across a page boundary are resumed by id, never skipped (``c > last`` alone loses them),
 and a row whose transaction commits late with an earlier ``c`` is not skipped as long as it commits
 within the visibility delay. The OR form (not a row-value comparison) is used because MariaDB does
@@ -91,12 +95,20 @@ class Dialect(Protocol):
     name: str
 
     def page_query(self, query: ViewQuery, after: Position | None, limit: int,
-                   visibility_delay_s: float) -> tuple[str, list[Any]]:
-        """The next page's statement and its arguments."""
+                   visibility_delay_s: float, up_to: Any = None) -> tuple[str, list[Any]]:
+        """The next page's statement and its arguments; ``up_to`` (id views): the highest id the
+        page may hold (the id horizon, see the transport)."""
         ...
 
     def max_query(self, query: ViewQuery) -> str:
-        """A statement giving the view's highest cursor value (``start: now`` on an id view)."""
+        """A statement giving the view's highest cursor value (``start: now`` on an id view, and
+        the id horizon)."""
+        ...
+
+    def behind_query(self, query: ViewQuery, after: Position | None, visibility_delay_s: float,
+                     cap: int) -> tuple[str, list[Any]]:
+        """A statement counting (as ``behind``, at most ``cap``) the rows readable after ``after``
+        (``smartico-stream lag``)."""
         ...
 
     async def connect(self, dsn: str, options: ConnectOptions) -> ReplicaConnection:
@@ -125,7 +137,21 @@ class SqlDialect:
         return f"LIMIT {int(count)}"
 
     def page_query(self, query: ViewQuery, after: Position | None, limit: int,
-                   visibility_delay_s: float) -> tuple[str, list[Any]]:
+                   visibility_delay_s: float, up_to: Any = None) -> tuple[str, list[Any]]:
+        sql, args = self.select_after(query, after, visibility_delay_s, up_to, "*")
+        return f"{sql} ORDER BY {', '.join(self.quote(c) for c in query.order)} {self.limit(limit)}", args
+
+    def behind_query(self, query: ViewQuery, after: Position | None, visibility_delay_s: float,
+                     cap: int) -> tuple[str, list[Any]]:
+        """How many rows the poller would still read after ``after`` (``behind``), counted up to
+        ``cap`` so that a huge backlog costs no more than reading ``cap`` index entries."""
+        sql, args = self.select_after(query, after, visibility_delay_s, None, "1 AS one")
+        return f"SELECT COUNT(*) AS behind FROM ({sql} {self.limit(cap)}) AS ahead", args  # noqa: S608
+
+    def select_after(self, query: ViewQuery, after: Position | None, visibility_delay_s: float, up_to: Any,
+                     select: str) -> tuple[str, list[Any]]:
+        """``SELECT select FROM view WHERE <after the position, visible>``: the part every query of
+        a view shares (no order, no limit)."""
         args: list[Any] = []
 
         def bind(value: Any) -> str:
@@ -146,10 +172,11 @@ class SqlDialect:
                 conditions.append(self._after(columns, list(after.values), bind))
         if query.kind == "timestamp":
             conditions.append(f"{columns[0]} < {self.visible_before(bind(visibility_delay_s))}")
+        elif up_to is not None:
+            conditions.append(f"{columns[0]} <= {bind(up_to)}")
         where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         # Names are validated identifiers (settings), quoted; every value is a bound argument.
-        sql = f"SELECT * FROM {self.quote(query.view)}{where} ORDER BY {', '.join(columns)} {self.limit(limit)}"  # noqa: S608
-        return sql, args
+        return f"SELECT {select} FROM {self.quote(query.view)}{where}", args  # noqa: S608
 
     def _after(self, columns: list[str], values: list[Any], bind: Any) -> str:
         """Lexicographically after ``values``: ``c > v OR (c = v AND (<after the rest>))``."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -112,6 +113,12 @@ class ReplicaTransport:
         self._committed: dict[str, Position | None] = {}
         self._drained: dict[str, bool] = {}
         self._next_offset: dict[str, int] = {view.name: 0 for view in self._views}
+        # Id views: the id horizon. (monotonic time, the view's highest id then) samples, one per
+        # cycle; a sample older than replica.visibility_delay_s becomes the highest id read.
+        self._horizon_samples: dict[str, deque[tuple[float, Any]]] = {}
+        self._horizon: dict[str, Any] = {}
+        self._sampled_in_cycle: dict[str, int] = {}
+        self._cycle_number = 0
         self._cycle_index = 0
         self._cycle_rows = 0
         self._cycle_started = time.monotonic()
@@ -170,6 +177,19 @@ class ReplicaTransport:
         self._paused = False
 
     async def close(self) -> None:
+        """Release the views' leases (a standby takes over at once, not after
+        ``replica.lease_timeout_s``) and close the reading connection. The service calls this after
+        its last batch is committed and the outbox relay has stopped, so nothing of this instance
+        writes for the views afterwards."""
+        if self._leading:
+            epochs = {tp: self._ownership.epochs[tp] for tp in self._partitions if tp in self._ownership.epochs}
+            try:
+                await self._store.release_leases(self._instance, epochs)
+                log.info("replica views released", instance=self._instance)
+            except Exception as exc:  # noqa: BLE001 - shutting down: the lease then simply times out
+                log.warning("releasing the replica views failed; a standby takes over after the lease timeout",
+                            error=f"{type(exc).__name__}: {exc}")
+            self._lose()
         await self._disconnect()
 
     def lag_messages(self) -> int | None:
@@ -315,8 +335,15 @@ class ReplicaTransport:
             return []
         conn = await self._connection()
         settings = self._settings
+        up_to = None
+        if view.kind == "id":
+            up_to = await self._id_horizon(view, conn)
+            if up_to is None:  # nothing old enough to be read safely yet
+                self._drained[view.name] = True
+                self._cycle_index += 1
+                return []
         sql, args = self._dialect.page_query(view.query(), self._read.get(view.name), settings.page_size,
-                                             settings.visibility_delay_s)
+                                             settings.visibility_delay_s, up_to)
         started = time.perf_counter()
         rows = await conn.fetch(sql, args)
         self._metrics.replica_query_seconds.labels(view.name).observe(time.perf_counter() - started)
@@ -329,6 +356,26 @@ class ReplicaTransport:
             return []
         self._cycle_rows += len(rows)
         return self._records(view, rows)
+
+    async def _id_horizon(self, view: ViewSettings, conn: ReplicaConnection) -> Any:
+        """The highest id of ``view`` that may be read: the view's highest id as it was at least
+        ``replica.visibility_delay_s`` ago. An id below one that was already visible was taken
+        before it; so once the delay (the longest write transaction) has passed, a missing id
+        below that horizon will never appear (rolled back), and one that commits late is not
+        skipped. Without it, id N+1 committing before id N moves the cursor past N for good.
+        ``None`` while no sample is old enough (or the view is empty)."""
+        samples = self._horizon_samples.setdefault(view.name, deque())
+        if self._sampled_in_cycle.get(view.name) != self._cycle_number:
+            self._sampled_in_cycle[view.name] = self._cycle_number
+            rows = await conn.fetch(self._dialect.max_query(view.query()), [])
+            high = rows[0]["high"] if rows else None
+            if high is not None:
+                # Taken after the answer: the highest id was visible by then at the latest.
+                samples.append((time.monotonic(), high))
+        ripe = time.monotonic() - self._settings.visibility_delay_s
+        while samples and samples[0][0] <= ripe:
+            self._horizon[view.name] = samples.popleft()[1]
+        return self._horizon.get(view.name)
 
     def _records(self, view: ViewSettings, rows: list[dict[str, Any]]) -> list[RawRecord]:
         order = view.query().order
@@ -364,6 +411,7 @@ class ReplicaTransport:
         await self._observe_lag()
         wait = settings.cycle_wait_s if self._cycle_rows else max(settings.cycle_wait_s, settings.idle_wait_s)
         self._cycle_index, self._cycle_rows = 0, 0
+        self._cycle_number += 1
         self._wait(wait)
         self._cycle_started = time.monotonic() + wait
 
