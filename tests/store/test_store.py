@@ -50,6 +50,7 @@ TABLES = (
     "partition_leases", "source_cursors", "dead_letters", "cursor_resets",
     "rule_status", "rule_status_audit", "scheduler_leader", "scheduled_runs", "scheduled_run_users",
     "scheduled_executions",
+    "api_keys", "rest_partitions", "rest_inbox", "rest_idempotency",
 )
 
 
