@@ -96,6 +96,10 @@ app.add_typer(pii_app, name="pii")
 from smartico_stream.ops.replica import replica_app  # noqa: E402 - beside the other groups
 
 app.add_typer(replica_app, name="replica")
+# The REST source's API keys, likewise (smartico_stream/ops/api_keys.py).
+from smartico_stream.ops.api_keys import api_keys_app  # noqa: E402 - beside the other groups
+
+app.add_typer(api_keys_app, name="api-keys")
 
 
 @app.callback()
@@ -193,9 +197,9 @@ def demo(
     keep: Annotated[
         Path | None, typer.Option(help="keep the demo's stores, actions, dead letters and metrics here")
     ] = None,
-    transport: Annotated[
-        str, typer.Option(help="kafka (embedded), rabbitmq (the local broker) or replica (views on local PostgreSQL)")
-    ] = "kafka",
+    transport: Annotated[str, typer.Option(
+        help="kafka (embedded), rabbitmq (the local broker), replica (views on local PostgreSQL) or rest "
+             "(the service's own HTTP API)")] = "kafka",
     rabbitmq_url: Annotated[str, typer.Option(help="broker for --transport rabbitmq")] = "amqp://guest:guest@127.0.0.1:5672/",
     replica_dsn: Annotated[
         str, typer.Option(help="PostgreSQL for --transport replica (a scratch schema, dropped afterwards)")
@@ -205,8 +209,8 @@ def demo(
     PostgreSQL) with a realistic synthetic operator stream, then summarise."""
     from smartico_stream.demo.runner import DemoUnavailable, run_demo
 
-    if transport not in ("kafka", "rabbitmq", "replica"):
-        _fail(f"--transport takes kafka, rabbitmq or replica, not {transport!r}")
+    if transport not in ("kafka", "rabbitmq", "replica", "rest"):
+        _fail(f"--transport takes kafka, rabbitmq, replica or rest, not {transport!r}")
     configure_logging("ERROR", "console")  # the progress line already counts dead letters
     progress = None if json else (lambda line: typer.echo(line, err=True))
     try:

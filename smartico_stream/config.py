@@ -38,6 +38,7 @@ from smartico_stream.pipeline.dedup import MAX_ENTRIES as MAX_DEDUP_ENTRIES
 from smartico_stream.sinks.base import setting_errors
 from smartico_stream.sinks.registry import SinkSettings, unique_sink_names
 from smartico_stream.sources.replica.settings import ReplicaSettings
+from smartico_stream.sources.rest.settings import RestSettings
 
 ENV_PREFIX = "SMARTICO_STREAM_"
 RDKAFKA_ENV_PREFIX = "SMARTICO_STREAM_RDKAFKA_"
@@ -417,11 +418,12 @@ class Settings(_AllProblems, BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
     )
 
-    source: Literal["kafka", "rabbitmq", "replica"] = "kafka"
+    source: Literal["kafka", "rabbitmq", "replica", "rest"] = "kafka"
     adapter: str = Field(default="reference", description="adapter name (entry point) mapping operator records")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     rabbitmq: RabbitMqSettings = Field(default_factory=RabbitMqSettings)
     replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
+    rest: RestSettings = Field(default_factory=RestSettings)
     dedup: DedupSettings = Field(default_factory=DedupSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

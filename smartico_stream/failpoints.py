@@ -2,7 +2,8 @@
 
 ``Failpoints({"after_store_commit": 3})`` makes the process SIGKILL itself the 3rd time it reaches
 that point. Points: ``before_store_commit``, ``after_store_commit`` (before the Kafka commit),
-``after_sink_delivery`` (before the sink cursor is advanced).
+``after_sink_delivery`` (before the sink cursor is advanced), ``rest_after_inbox_commit`` (REST: accepted
+events are committed to the inbox, the answer is not sent yet).
 
 Nothing in the production configuration path builds one with targets: the service gets an empty
 set unless its constructor is handed one, which only the crash tests' entry point

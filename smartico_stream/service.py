@@ -166,9 +166,18 @@ class Service:
         self.ownership = Ownership(self.store, settings.instance_id, settings.dedup, clock,
                                    on_revoke=self.states.clear)
         self.pii = pii_components(settings.pii)
+        # Crash points only ever come from the caller (the crash tests' entry point), never from
+        # the configuration or the environment: a live service cannot be told to kill itself.
+        self.failpoints = failpoints if failpoints is not None else Failpoints({})
         self.transport = transport_for(settings, self.ownership, self.metrics, self.pii.protect_dead_letters,
-                                       self.store)
-        self.pipeline = Pipeline(
+                                       self.store, self.pii.ring, self.failpoints)
+        # A REST inbox record names its own stream (smartico_stream/sources/rest/validation.py).
+        pipeline_class: type[Pipeline] = Pipeline
+        if settings.source == "rest":
+            from smartico_stream.sources.rest.validation import RestPipeline
+
+            pipeline_class = RestPipeline
+        self.pipeline = pipeline_class(
             adapter=adapter or load_adapter(settings.adapter),
             stream_of_topic=self.transport.stream_of_topic,
             dedup_window_for=self.ownership.window_for,
@@ -179,9 +188,6 @@ class Service:
         connection = {**connection_config(kafka.config), **kafka.producer_config}
         sinks = sinks if sinks is not None else build_sinks(settings.sinks, connection)
         outbox = settings.outbox
-        # Crash points only ever come from the caller (the crash tests' entry point), never from
-        # the configuration or the environment: a live service cannot be told to kill itself.
-        self.failpoints = failpoints if failpoints is not None else Failpoints({})
         self.relay = OutboxRelay(
             self.store, sinks, self._leases, self.metrics,
             batch_size=outbox.batch_size, poll_interval_s=outbox.poll_interval_s, linger_s=outbox.linger_s,
@@ -304,7 +310,14 @@ class Service:
         now = time.monotonic()
         if not retention or now < self._history_prune_due:
             return
-        deleted = await self.store.prune_history(datetime.now(UTC) - timedelta(seconds=retention), _HISTORY_PRUNE_ROWS)
+        try:
+            deleted = await self.store.prune_history(datetime.now(UTC) - timedelta(seconds=retention),
+                                                     _HISTORY_PRUNE_ROWS)
+        except Exception as exc:  # noqa: BLE001 - housekeeping: a store that does not answer is met by the
+            # batch path (which stops the service) or, for the REST source, answered with 503 until it is back
+            log.warning("pruning history failed; retrying later", error_class=type(exc).__name__)
+            self._history_prune_due = now + _HISTORY_PRUNE_INTERVAL_S
+            return
         self.metrics.history_pruned.inc(deleted)
         self._history_prune_due = now if deleted else now + _HISTORY_PRUNE_INTERVAL_S
 

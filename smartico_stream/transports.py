@@ -18,8 +18,10 @@ from smartico_stream.batch.checkpoint import BatchTransport, Handled, Progress
 from smartico_stream.batch.ownership import Ownership
 from smartico_stream.config import Settings
 from smartico_stream.events.raw import PartitionId, RawRecord, Stream
+from smartico_stream.failpoints import Failpoints
 from smartico_stream.observability.logging import get_logger
 from smartico_stream.observability.metrics import Metrics
+from smartico_stream.pii.keys import KeyRing
 from smartico_stream.pii.payloads import Protector
 from smartico_stream.pipeline.errors import DeadLetter
 from smartico_stream.pipeline.pipeline import DEAD_LETTERED, OK
@@ -257,7 +259,8 @@ class RabbitMqTransport:
 
 
 def transport_for(settings: Settings, ownership: Ownership, metrics: Metrics, protect: Protector,
-                  store: Store | None = None) -> Transport:
+                  store: Store | None = None, ring: KeyRing | None = None,
+                  failpoints: Failpoints | None = None) -> Transport:
     if settings.source == "rabbitmq":
         return RabbitMqTransport(settings, ownership, metrics, protect)
     if settings.source == "replica":
@@ -266,4 +269,10 @@ def transport_for(settings: Settings, ownership: Ownership, metrics: Metrics, pr
         if store is None:
             raise ValueError("the replica transport keeps its leases, cursors and dead letters in the store")
         return ReplicaTransport(settings, ownership, metrics, protect, store)
+    if settings.source == "rest":
+        from smartico_stream.sources.rest.transport import RestTransport
+
+        if store is None:
+            raise ValueError("the REST transport keeps its inbox, leases and dead letters in the store")
+        return RestTransport(settings, ownership, metrics, protect, store, ring, failpoints)
     return KafkaTransport(settings, ownership, metrics, protect)

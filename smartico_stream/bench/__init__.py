@@ -15,6 +15,9 @@ What runs (docs/performance.md explains every figure and the settings that move 
 ``rabbitmq_raw`` / ``rabbitmq_pipeline``
     the same two against the local RabbitMQ (consistent-hash exchanges, quorum queues), when it
     answers.
+``rest_pipeline``
+    ``smartico-stream run`` with ``source: rest`` on SQLite, fed over loopback HTTP in batches of 500
+    (events/s to the store commit, and p99 request latency at half that rate; docs/rest.md).
 
 plus the latency (record timestamp to store commit, at half the pipeline's measured rate), the
 memory of a dedup window holding two minutes of keys at 100k events/s, and (full run only) the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCENARIOS = ("raw", "pipeline", "aggregates", "pipeline_postgres", "rabbitmq_raw", "rabbitmq_pipeline",
-             "replica_pipeline", "replica_pipeline_mysql")
+             "replica_pipeline", "replica_pipeline_mysql", "rest_pipeline")
 PARTS = (*SCENARIOS, "latency", "dedup", "audience", "scaling")  # what --only can name
 OVERALL_KEYS = ("ratio_pipeline_to_raw", "p50_latency_ms", "p99_latency_ms", "peak_rss_mb", "dedup_bytes_per_key")
 

@@ -219,6 +219,14 @@ async def _run_scenarios(env: Env, report: dict[str, Any], selected: frozenset[s
             if raw:
                 say(f"  ceiling {raw:,.0f} rows/s; the service {scenarios[name].get('ratio_to_raw')} of it")
         say(scenario_line(name, scenarios[name]))
+    if wanted("rest_pipeline"):
+        from smartico_stream.bench.scenarios.rest import scenario_rest
+
+        say("rest_pipeline: the service with source: rest on SQLite, loopback HTTP load")
+        scenarios["rest_pipeline"] = await guard(scenario_rest(env))
+        say(scenario_line("rest_pipeline", scenarios["rest_pipeline"]))
+        if "p99_latency_ms" in scenarios["rest_pipeline"]:
+            say(f"  p99 request latency at half load {scenarios['rest_pipeline']['p99_latency_ms']} ms")
     if chosen("dedup"):
         say(f"dedup: a window of {profile.dedup_keys:,} keys (120 s at 100k/s"
             f"{'' if profile.dedup_keys == 12_000_000 else ', scaled down for --quick'})")

@@ -315,6 +315,8 @@ async def run_demo(
         problem = await rabbitmq_reachable(rabbitmq_url)
         if problem is not None:
             raise DemoUnavailable(problem)
+    if transport == "rest":
+        return await _run_rest_demo(events, users, duration_s, metrics_port, progress, max_ahead, keep, started)
     if transport == "replica":
         problem = await postgres_reachable(replica_dsn)
         if problem is not None:
@@ -433,3 +435,92 @@ async def run_demo(
             _save_dead_letters(kafka.bootstrap_servers, settings.kafka.dead_letter_topic, summary.dead_lettered,
                                keep / "dead-letters.jsonl")
     return summary
+
+
+async def _run_rest_demo(events: int, users: int, duration_s: float | None, metrics_port: int,
+                         progress: Callable[[str], None] | None, max_ahead: int, keep: Path | None,
+                         started: float) -> DemoSummary:
+    """The demo with ``source: rest``: the service serves its API on a free loopback port and the
+    feeder sends the synthetic stream to it over HTTP (smartico_stream/demo/rest.py)."""
+    from smartico_stream.demo.rest import RestFeeder
+    from smartico_stream.sources.rest.keys import new_key
+    from smartico_stream.store.rest import ApiKeyStore
+    from smartico_stream.store.sql import SqlStore
+
+    with contextlib.ExitStack() as scope:
+        if keep is None:
+            workdir = scope.enter_context(tempfile.TemporaryDirectory(prefix="smartico-demo-"))
+        else:
+            keep.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - at start-up, nothing else runs yet
+            workdir = str(keep)
+        settings = demo_settings("127.0.0.1:1", metrics_port, Path(workdir))
+        settings = settings.model_copy(update={
+            "source": "rest", "rest": settings.rest.model_copy(update={"host": "127.0.0.1", "port": 0}),
+        })
+        spec = StreamSpec(users=users, events=events, oversized_bytes=DEMO_MAX_MESSAGE_BYTES + 4096)
+        deadline = started + duration_s if duration_s else None
+        service = Service(settings)
+        stop = asyncio.Event()
+        summary = DemoSummary(users=users)
+        run_task = asyncio.create_task(service.run(stop))
+        while not service.transport.joined and not run_task.done():  # noqa: ASYNC110 - a flag, no event
+            await asyncio.sleep(0.05)
+        if run_task.done():
+            await run_task
+        store = service.store
+        if not isinstance(store, SqlStore):
+            raise TypeError("the REST demo keeps its API key in a SQL store")
+        key = new_key()
+        await ApiKeyStore(store).create(key.key_id, key.key_hash, "demo", sorted(spec.brands))
+        port = getattr(service.transport, "port", 0)
+        feeder = RestFeeder(f"http://127.0.0.1:{port}", key.token, spec, lambda: service.stats.consumed,
+                            deadline, max_ahead)
+        if progress:
+            progress(f"REST API: http://127.0.0.1:{port}/v1/batch  (/openapi.json, /v1/health)")
+        feed_task = asyncio.create_task(feeder.run())
+        last_consumed, last_tick = 0, time.monotonic()
+        announced = False
+        while not run_task.done():
+            await asyncio.sleep(0.5)
+            lag = service.transport.lag_messages() or 0
+            summary.max_lag = max(summary.max_lag, lag)
+            now = time.monotonic()
+            if not announced and service.metrics_server is not None:
+                summary.metrics_url = f"http://127.0.0.1:{service.metrics_server.port}/metrics"
+                if progress:
+                    progress(f"metrics: {summary.metrics_url}  (also /healthz, /readyz)")
+                announced = True
+            if progress and now - last_tick >= 1.0:
+                rate = (service.stats.consumed - last_consumed) / (now - last_tick)
+                progress(
+                    f"sent {feeder.produced:>7}  accepted {feeder.accepted:>7}  refused {feeder.rejected:>5}  "
+                    f"processed {service.stats.consumed:>7}  actions {service.stats.actions:>6}  "
+                    f"backlog {lag:>6}  {rate:>8.0f} rec/s"
+                )
+                last_consumed, last_tick = service.stats.consumed, now
+            if feeder.error is not None or (feeder.done and service.stats.consumed >= feeder.accepted):
+                stop.set()  # drained: every accepted event is processed and committed
+        await run_task
+        await feed_task
+        if feeder.error is not None:
+            raise RuntimeError(f"demo client failed: {feeder.error}") from feeder.error
+        stats = service.stats
+        busy = (stats.last_batch_at or 0) - (stats.first_record_at or 0)
+        summary.produced = feeder.produced
+        # Refused at the API (answered 400, or rejected in a 200) counts as handled and dead-lettered:
+        # the operator was told why, nothing was kept.
+        summary.consumed = stats.consumed + feeder.rejected
+        summary.processed = stats.processed
+        summary.deduplicated = stats.deduplicated
+        summary.dead_lettered = stats.dead_lettered + feeder.rejected
+        summary.events_applied = stats.events_applied
+        summary.actions = stats.actions
+        actions_file = Path(workdir) / "actions.jsonl"
+        summary.actions_delivered = len(actions_file.read_bytes().splitlines()) if actions_file.exists() else 0
+        summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
+        summary.expected = dict(sorted(feeder.kinds.items()))
+        summary.duration_s = round(time.monotonic() - started, 2)
+        if keep is not None:
+            (keep / "metrics.txt").write_bytes(service.metrics.render())
+    return summary
+

@@ -174,6 +174,27 @@ class Metrics:
             "smartico_stream_replica_leader", "1 while this instance holds the views' lease and polls them",
             registry=r,
         )
+        # The REST source (docs/rest.md): its API and the inbox behind it.
+        self.rest_requests = Counter(
+            "smartico_stream_rest_requests", "REST API requests answered, by route and HTTP status",
+            ["route", "status"], registry=r,
+        )
+        self.rest_request_seconds = Histogram(
+            "smartico_stream_rest_request_seconds", "Time to answer one REST API request (durable when 200), by route",
+            ["route"], buckets=_BATCH_SECONDS_BUCKETS, registry=r,
+        )
+        self.rest_events = Counter(
+            "smartico_stream_rest_events", "Events of REST requests, by result (accepted, ignored, rejected)",
+            ["result"], registry=r,
+        )
+        self.rest_inbox_backlog = Gauge(
+            "smartico_stream_rest_inbox_backlog_events", "Accepted REST events not yet processed (every instance's)",
+            registry=r,
+        )
+        self.rest_inbox_age = Gauge(
+            "smartico_stream_rest_inbox_oldest_age_seconds",
+            "How long the oldest accepted, unprocessed REST event has waited; 0 when none waits", registry=r,
+        )
         self.rabbitmq_deliveries = Counter(
             "smartico_stream_rabbitmq_deliveries", "Messages delivered to this instance, by queue", ["queue"],
             registry=r,

@@ -65,6 +65,9 @@ class AlertParams:
     replica_cycle_window: str = "15m"
     replica_cycle_for: str = "5m"
     replica_no_poller_for: str = "5m"
+    rest_backlog_age_s: int = 300  # the oldest accepted REST event has waited this long ...
+    rest_backlog_window: str = "10m"  # ... and the inbox backlog grew over this window
+    rest_backlog_for: str = "5m"
     # Scope: label matchers added to every service-side selector, e.g. {"operator": "operator-a"}.
     selector: Mapping[str, str] = field(default_factory=dict)
     job: str = "smartico-stream"  # the scrape job, for the "service down" rule when no selector is given
@@ -303,6 +306,19 @@ sum {_by('topic')} (rate(smartico_stream_records_total{sel}[{p.dead_letter_windo
             "to half since: actions are not being delivered.",
         ),
         *_replica_alerts(p, sel, where),
+        _alert(
+            p, "SmarticoStreamRestBacklogGrowing",
+            f"""
+max {_by()} (smartico_stream_rest_inbox_oldest_age_seconds{sel}) > {p.rest_backlog_age_s}
+and {_on()}
+max {_by()} (delta(smartico_stream_rest_inbox_backlog_events{sel}[{p.rest_backlog_window}])) > 0
+""",
+            p.rest_backlog_for, "warning",
+            f"REST inbox backlog growing for {where}",
+            f"The oldest accepted REST event has waited more than {p.rest_backlog_age_s}s and the inbox "
+            f"backlog grew over the last {p.rest_backlog_window}: events are accepted faster than they are "
+            "processed. Above rest.max_backlog the API answers 429.",
+        ),
     ]
     return [{"name": p.group_name, "rules": [*recording, *alerts]}]
 

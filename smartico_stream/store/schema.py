@@ -354,10 +354,51 @@ STATE_MIGRATIONS.append((
     """,
 ))
 
+# Migration 7: the REST source (smartico_stream/store/rest.py). API keys, only as hashes, each bound
+# to brands; the inbox of accepted events, numbered per partition from a counter row that the
+# accepting transaction locks (so a partition's rows commit in the order of their numbers, and a
+# reader never passes a number still to commit); answers stored under an Idempotency-Key.
+STATE_MIGRATIONS.append((
+    7,
+    """
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        key_hash TEXT NOT NULL,
+        name TEXT NOT NULL,
+        brands TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE rest_partitions (
+        part INTEGER PRIMARY KEY,
+        next_seq BIGINT NOT NULL
+    );
+    CREATE TABLE rest_inbox (
+        part INTEGER NOT NULL,
+        seq BIGINT NOT NULL,
+        stream TEXT NOT NULL,
+        user_key TEXT NOT NULL,
+        body {BLOB} NOT NULL,
+        accepted_at {FLOAT} NOT NULL,
+        PRIMARY KEY (part, seq)
+    );
+    CREATE TABLE rest_idempotency (
+        key_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body {BLOB} NOT NULL,
+        created_at {FLOAT} NOT NULL,
+        PRIMARY KEY (key_id, idempotency_key)
+    );
+    CREATE INDEX rest_idempotency_age ON rest_idempotency (created_at)
+    """,
+))
+
 # Migration 8: rule changes without a restart (smartico_stream/scheduler/control.py). A reload
 # request is a row every instance sees (whatever host it runs on), numbered so that each instance
 # applies each request once; each instance records the rule-set version (the rule files' digest) it
-# runs, and the last reload it refused and why, for `rules status`. (7 is another branch's.)
+# runs, and the last reload it refused and why, for `rules status`.
 STATE_MIGRATIONS.append((
     8,
     """

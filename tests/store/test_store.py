@@ -50,6 +50,7 @@ TABLES = (
     "partition_leases", "source_cursors", "dead_letters", "cursor_resets",
     "rule_status", "rule_status_audit", "scheduler_leader", "scheduled_runs", "scheduled_run_users",
     "scheduled_executions", "rule_reload_requests", "rule_set_versions",
+    "api_keys", "rest_partitions", "rest_inbox", "rest_idempotency",
 )
 # Every migration's version, in order (numbers are allotted per branch, so there may be gaps).
 ALL_VERSIONS = [version for version, _ in STATE_MIGRATIONS]
