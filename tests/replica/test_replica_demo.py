@@ -42,4 +42,4 @@ async def test_demo_on_replica_views_prints_the_summary_and_drops_its_schema():
 async def test_demo_refuses_an_unknown_transport():
     done = subprocess.run([*CLI, "demo", "--transport", "carrier-pigeon"], capture_output=True, timeout=60,
                           check=False)
-    assert done.returncode == 2 and "kafka, rabbitmq or replica" in done.stderr.decode()
+    assert done.returncode == 2 and "kafka, rabbitmq, replica or rest" in done.stderr.decode()

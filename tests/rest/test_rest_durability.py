@@ -28,7 +28,9 @@ def _all_deposited_once(users: dict[str, object], tag: str) -> bool:
 def test_sigkill_after_the_answer_loses_nothing(rest_env: RestEnv):
     token = rest_env.make_key("ops", BRAND)
     config = rest_env.config()
-    first = rest_env.start(config, failpoints="before_store_commit=1", name="doomed")
+    # The answer wakes the batch loop (after it is sent); no timed poll may take the rows before it.
+    doomed = rest_env.config("doomed.yaml", poll_interval_s=30)
+    first = rest_env.start(doomed, failpoints="before_store_commit=1", name="doomed")
     answer = httpx.post(first.url + "/v1/batch", params={"stream": "payments"}, json=_deposits("k"),
                         headers=bearer(token), timeout=30)
     assert answer.status_code == 200 and answer.json()["accepted"] == USERS

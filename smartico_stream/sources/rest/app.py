@@ -25,6 +25,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from smartico_stream import __version__
@@ -132,6 +133,9 @@ class Api:
     monitor: BacklogMonitor
     seal: Sealer
     metrics: Metrics
+    # Called once an answer accepting events has been sent: wakes the batch loop. After the answer,
+    # not after the inbox commit, so this instance's processing never races its own answer out.
+    on_answered: Callable[[], None] = lambda: None
     # (key id, Idempotency-Key) -> its lock and how many requests hold or wait for it
     _idempotency_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
@@ -279,7 +283,10 @@ async def _accept(api: Api, key: ApiKey, stream: Stream, body: bytes, single: bo
     for result in ("accepted", "ignored", "rejected"):
         if answer[result]:
             counter.labels(result).inc(answer[result])
-    return _json(200, encoded)
+    response = _json(200, encoded)
+    if events:
+        response.background = BackgroundTask(api.on_answered)  # run once the answer is sent
+    return response
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

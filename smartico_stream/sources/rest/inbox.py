@@ -40,13 +40,12 @@ class InboxWriter:
     """Group commit of accepted events (see the module docstring)."""
 
     def __init__(self, inbox: InboxStore, window_s: float, timeout_s: float, idempotency_retention_s: float,
-                 on_commit: Callable[[], None], clock: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time,
                  failpoints: Failpoints | None = None) -> None:
         self._inbox = inbox
         self._window_s = window_s
         self._timeout_s = timeout_s
         self._retention_s = idempotency_retention_s
-        self._on_commit = on_commit
         self._clock = clock
         self._waiting: list[_Waiting] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -85,8 +84,6 @@ class InboxWriter:
             for waiting in group:
                 if not waiting.done.done():
                     waiting.done.set_result(None)
-            if events:
-                self._on_commit()
 
     async def close(self) -> None:
         if self._flusher is not None:

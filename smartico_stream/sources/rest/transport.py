@@ -88,7 +88,7 @@ class RestTransport:
         rest = self._settings
         self.monitor = BacklogMonitor(self._inbox, rest.backlog_check_interval_s, rest.store_timeout_s, metrics)
         self.writer = InboxWriter(self._inbox, rest.group_commit_ms / 1000, rest.store_timeout_s,
-                                  rest.idempotency_retention_s, on_commit=self._wake.set,
+                                  rest.idempotency_retention_s,
                                   failpoints=failpoints or Failpoints({}))
         self._server: ApiServer | None = None
 
@@ -116,7 +116,7 @@ class RestTransport:
             pipeline=rest_pipeline(load_adapter(self._adapter_name), self._max_message_bytes),
             inbox=self._inbox, writer=self.writer, monitor=self.monitor,
             seal=lambda body, user_key: encrypt(self._ring, body, inbox_aad(user_key)),
-            metrics=self._metrics,
+            metrics=self._metrics, on_answered=self._wake.set,
         )
         self._server = ApiServer(build_app(api), self._settings)
         await self._server.start()
@@ -162,7 +162,7 @@ class RestTransport:
                          headers=[(STREAM_HEADER, row.stream.encode())])
 
     async def _wait(self, seconds: float) -> None:
-        """Until this instance accepts events (its own writes wake it at once) or ``seconds`` pass."""
+        """Until this instance has answered a request accepting events (that wakes it at once) or ``seconds`` pass."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), min(seconds, _LONGEST_SLEEP_S))
 
