@@ -97,10 +97,12 @@ def accrue(
         raise AccumulationError(f"step must be greater than zero, got {step}")
     _check_cap(cap)
 
-    ctx = _exact_context(remainder, amount, step)
-    total = ctx.add(remainder, amount)
-    uncapped = ctx.divide_int(total, step)  # truncation == floor: both operands are >= 0
-    carried = ctx.subtract(total, ctx.multiply(uncapped, step))
+    try:
+        # Everyday amounts fit the common context: tried first, as sizing a context costs more than
+        # the arithmetic. Its traps make any rounding raise, so a result it gives is exact.
+        uncapped, carried = _whole_steps(_COMMON_CONTEXT, remainder, amount, step)
+    except (Inexact, Rounded, InvalidOperation, Overflow):
+        uncapped, carried = _whole_steps(_exact_context(remainder, amount, step), remainder, amount, step)
     whole = int(uncapped)
     return Accrual(executions=min(whole, cap), remainder=carried, uncapped_executions=whole)
 
@@ -131,6 +133,13 @@ def step_for_currency(steps: Mapping[str, Decimal], currency: str | None) -> Dec
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _whole_steps(ctx: Context, remainder: Decimal, amount: Decimal, step: Decimal) -> tuple[Decimal, Decimal]:
+    """(whole steps in remainder + amount, what is left), computed in ``ctx``."""
+    total = ctx.add(remainder, amount)
+    uncapped = ctx.divide_int(total, step)  # truncation == floor: both operands are >= 0
+    return uncapped, ctx.subtract(total, ctx.multiply(uncapped, step))
 
 
 def _currency_key(code: str) -> str:

@@ -8,12 +8,13 @@ real-time rule steps (:mod:`smartico_stream.engine.plan`) and scheduled runs
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from smartico_stream.engine.actions import Action, ActionKind
-from smartico_stream.engine.firing import points_after
+from smartico_stream.engine.firing import PointsEffect, points_effect
 from smartico_stream.engine.rules import Rule
 from smartico_stream.engine.state import ZERO, RuleProgress, UserState
 from smartico_stream.events.models import CanonicalEvent
@@ -63,28 +64,50 @@ def void_qualification(progress: RuleProgress) -> None:
     progress.remainder = ZERO
 
 
+@dataclass(frozen=True, slots=True)
+class FiringEffects:
+    """What a firing of a rule's actions does to the user's state, resolved once per rule: the
+    state after ``executions`` executions, each running the actions in order, is the same as running
+    them one execution after the other (as the engine did before one action per firing)."""
+
+    marks: tuple[tuple[ActionKind, Any], ...]  # tag and level changes, in the actions' order
+    points: PointsEffect | None  # one execution's effect on the points; None: it has none
+
+    @classmethod
+    def of(cls, specs: Iterable[tuple[ActionKind, Mapping[str, Any]]]) -> FiringEffects:
+        """The effects of actions (kind, params) as ActionSpec validated them: "amount" a positive
+        Decimal, "level" an int."""
+        specs = list(specs)
+        marks = tuple(
+            (kind, int(params["level"]) if kind == ActionKind.CHANGE_LEVEL else str(params["tag"]))
+            for kind, params in specs if kind in _MARK_KINDS
+        )
+        moves_points = any(kind in _POINTS_KINDS for kind, _ in specs)
+        return cls(marks, points_effect(specs) if moves_points else None)
+
+    def apply(self, state: UserState, executions: int) -> None:
+        """Change ``state`` as ``executions`` executions do."""
+        # Tags and level end as the last action touching them left them, however often the executions
+        # repeat: one pass is enough. Points add up, and a deduction floors at 0 in each execution, so
+        # their N-fold effect is composed exactly (firing.PointsEffect), not taken from the totals.
+        for kind, value in self.marks:
+            if kind == ActionKind.MARK_USER:
+                state.tags.add(value)
+            elif kind == ActionKind.UNMARK_USER:
+                state.tags.discard(value)
+            else:
+                state.level = value
+        if self.points is not None:
+            state.points = self.points.repeated(executions).apply(state.points)
+
+
 def apply_effects(state: UserState, specs: list[tuple[ActionKind, dict[str, Any]]], executions: int) -> None:
-    """The state after ``executions`` executions, each running ``specs`` in order: the same as
-    running them one execution after the other, as the engine did before one action per firing."""
-    # ActionSpec validated the params per kind: "amount" is a positive Decimal, "level" an int.
-    moves_points = False
-    for kind, params in specs:
-        if kind in _POINTS_KINDS:
-            moves_points = True
-        elif kind == ActionKind.MARK_USER:
-            state.tags.add(str(params["tag"]))
-        elif kind == ActionKind.UNMARK_USER:
-            state.tags.discard(str(params["tag"]))
-        elif kind == ActionKind.CHANGE_LEVEL:
-            state.level = int(params["level"])
-    # Tags and level end as the last action touching them left them, however often the executions
-    # repeat: one pass is enough. Points add up, and a deduction floors at 0 in each execution, so
-    # their N-fold effect is composed exactly (firing.points_after), not taken from the totals.
-    if moves_points:
-        state.points = points_after(state.points, specs, executions)
+    """``FiringEffects.of(specs).apply(state, executions)``, for a caller without a compiled rule."""
+    FiringEffects.of(specs).apply(state, executions)
 
 
 _POINTS_KINDS = frozenset({ActionKind.GIVE_POINTS, ActionKind.DEDUCT_POINTS, ActionKind.RESET_POINTS})
+_MARK_KINDS = frozenset({ActionKind.MARK_USER, ActionKind.UNMARK_USER, ActionKind.CHANGE_LEVEL})
 
 
 def history_entry(state: UserState, event: CanonicalEvent, rule: Rule, outcome: str, *, progress: RuleProgress | None,

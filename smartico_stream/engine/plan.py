@@ -29,7 +29,7 @@ from smartico_stream.engine.outcomes import (
     QUALIFICATION_EXPIRED,
     QUALIFIED,
     SKIPPED,
-    apply_effects,
+    FiringEffects,
     history_entry,
     qualify,
     void_qualification,
@@ -107,6 +107,7 @@ def _trigger_step(rule: Rule) -> Step:
     iterations = qualification.iterations if qualification is not None else None
     executions_of = _executions_function(rule)
     specs: list[tuple[ActionKind, dict[str, Any]]] = [(a.action, a.params) for a in spec.actions]
+    effects = FiringEffects.of(specs)
 
     def step(state: UserState, event: CanonicalEvent, out: Any) -> None:
         at = event.event_time
@@ -163,7 +164,7 @@ def _trigger_step(rule: Rule) -> Step:
                     executions=executions,
                 )
             )
-        apply_effects(state, specs, executions)
+        effects.apply(state, executions)
         out.history.append(entry)
 
     return step
