@@ -110,8 +110,9 @@ _POINTS_KINDS = frozenset({ActionKind.GIVE_POINTS, ActionKind.DEDUCT_POINTS, Act
 _MARK_KINDS = frozenset({ActionKind.MARK_USER, ActionKind.UNMARK_USER, ActionKind.CHANGE_LEVEL})
 
 
-def history_entry(state: UserState, event: CanonicalEvent, rule: Rule, outcome: str, *, progress: RuleProgress | None,
-           executions: int = 0, reason: str | None = None) -> HistoryEntry:
+def history_entry(state: UserState, event: CanonicalEvent, rule: Rule, outcome: str, *,
+                  progress: RuleProgress | None, executions: int = 0, reason: str | None = None) -> HistoryEntry:
+    """The history line of ``rule`` for ``event``, with the progress's qualification window."""
     return HistoryEntry(
         brand=state.brand,
         user=state.user,

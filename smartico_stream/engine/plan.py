@@ -127,12 +127,12 @@ def _trigger_step(rule: Rule) -> Step:
                 return  # happened before the qualification (arrived later, from another topic)
             if not progress.is_qualified(at):
                 out.history.append(history_entry(state, event, rule, QUALIFICATION_EXPIRED, progress=progress,
-                                          reason="qualification period ended before the requirement was met"))
+                                                 reason="qualification period ended before the requirement was met"))
                 void_qualification(progress)
                 return
         if not state.is_active:
             out.history.append(history_entry(state, event, rule, SKIPPED, progress=progress,
-                                      reason=f"account status {state.account_status} is not ACTIVE"))
+                                             reason=f"account status {state.account_status} is not ACTIVE"))
             return
         progress = progress or state.progress(rule_id)
         executions = executions_of(state, event, progress, out)
@@ -201,7 +201,7 @@ def _executions_function(rule: Rule) -> ExecutionsFunction:
         step = fixed_step if step_of is None else step_of(currency)
         if step is None:
             out.history.append(history_entry(state, event, rule, SKIPPED, progress=progress,
-                                      reason=f"no accumulation step for currency {currency or 'unknown'}"))
+                                             reason=f"no accumulation step for currency {currency or 'unknown'}"))
             return 0
         if amount is None or amount < 0:
             return 0  # a missing or negative value (e.g. a balance) adds nothing to accumulate
