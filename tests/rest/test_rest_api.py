@@ -109,7 +109,7 @@ def test_revoked_key_is_refused(rest_env: RestEnv):
     from tests.cli.cli_run import cli
 
     listed = cli(["api-keys", "list", "--config", str(rest_env.config("list.yaml")), "--json"])
-    assert listed.returncode == 0 and key_id in listed.stdout and token.split("_")[2] not in listed.stdout
+    assert listed.returncode == 0 and key_id in listed.stdout and token.split("_", 2)[2] not in listed.stdout
     done = cli(["api-keys", "revoke", key_id, "--config", str(rest_env.config("revoke.yaml"))])
     assert done.returncode == 0, done.stderr
     assert httpx.post(url, params=params, json=deposit("u5", "t2"), headers=bearer(token)).status_code == 401
