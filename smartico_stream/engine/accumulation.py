@@ -22,7 +22,7 @@ never alter, the caller's decimal context. Floats are refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 
@@ -32,6 +32,7 @@ __all__ = [
     "AccumulationError",
     "accrue",
     "step_for_currency",
+    "step_lookup",
 ]
 
 MAX_EXECUTIONS_PER_EVENT = 1000
@@ -130,6 +131,24 @@ def step_for_currency(steps: Mapping[str, Decimal], currency: str | None) -> Dec
             raise AccumulationError(f"currency {wanted!r} is configured more than once with different steps")
         found = step
     return found
+
+
+def step_lookup(steps: Mapping[str, Decimal]) -> Callable[[str | None], Decimal | None]:
+    """:func:`step_for_currency` over ``steps``, with the configured keys normalised once (a rule's
+    steps are looked up for every event it accumulates). Steps that are ambiguous (two spellings of
+    one code with different steps) keep the full lookup, so it raises as it always did."""
+    normalised: dict[str, Decimal] = {}
+    for key, value in steps.items():
+        code = _currency_key(key)
+        if normalised.get(code, value) != value:
+            return lambda currency: step_for_currency(steps, currency)
+        normalised[code] = value
+
+    def lookup(currency: str | None) -> Decimal | None:
+        code = _currency_key(currency) if currency is not None else ""
+        return normalised.get(code) if code else None
+
+    return lookup
 
 
 # -- helpers --------------------------------------------------------------------------------------

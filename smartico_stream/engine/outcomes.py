@@ -101,11 +101,6 @@ class FiringEffects:
             state.points = self.points.repeated(executions).apply(state.points)
 
 
-def apply_effects(state: UserState, specs: list[tuple[ActionKind, dict[str, Any]]], executions: int) -> None:
-    """``FiringEffects.of(specs).apply(state, executions)``, for a caller without a compiled rule."""
-    FiringEffects.of(specs).apply(state, executions)
-
-
 _POINTS_KINDS = frozenset({ActionKind.GIVE_POINTS, ActionKind.DEDUCT_POINTS, ActionKind.RESET_POINTS})
 _MARK_KINDS = frozenset({ActionKind.MARK_USER, ActionKind.UNMARK_USER, ActionKind.CHANGE_LEVEL})
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from smartico_stream.engine.accumulation import accrue, step_for_currency
+from smartico_stream.engine.accumulation import accrue, step_lookup
 from smartico_stream.engine.actions import Action, ActionKind, action_id
 from smartico_stream.engine.conditions import ALWAYS, Condition
 from smartico_stream.engine.firing import params_for_executions
@@ -193,7 +193,7 @@ def _executions_function(rule: Rule) -> ExecutionsFunction:
         return count
     field_name = accumulation.field.removeprefix("event.")
     fixed_step = accumulation.step
-    step_of = _step_lookup(accumulation.steps) if accumulation.steps is not None else None
+    step_of = step_lookup(accumulation.steps) if accumulation.steps is not None else None
 
     def by_amount(state: UserState, event: CanonicalEvent, progress: Any, out: Any) -> int:
         amount = getattr(event, field_name, None)
@@ -214,22 +214,4 @@ def _executions_function(rule: Rule) -> ExecutionsFunction:
 
 def _one_execution(state: UserState, event: CanonicalEvent, progress: Any, out: Any) -> int:
     return 1
-
-
-def _step_lookup(steps: Mapping[str, Decimal]) -> Callable[[str | None], Decimal | None]:
-    """``step_for_currency`` over ``steps``, with the configured keys normalised once. Steps that are
-    ambiguous (two spellings of one code with different steps) keep the full lookup, so the event
-    fails as it always did."""
-    normalised: dict[str, Decimal] = {}
-    for key, value in steps.items():
-        code = key.strip().upper()
-        if normalised.get(code, value) != value:
-            return lambda currency: step_for_currency(steps, currency)
-        normalised[code] = value
-
-    def lookup(currency: str | None) -> Decimal | None:
-        code = currency.strip().upper() if currency is not None else ""
-        return normalised.get(code) if code else None
-
-    return lookup
 

@@ -20,6 +20,7 @@ from smartico_stream.engine.accumulation import (
     AccumulationError,
     accrue,
     step_for_currency,
+    step_lookup,
 )
 
 D = Decimal
@@ -293,3 +294,23 @@ def split(amount: Decimal, weights: list[int]) -> list[Decimal]:
     cuts = [units * w // total_weight for w in weights[:-1]]
     cuts.append(units - sum(cuts))
     return [D(c).scaleb(exponent) for c in cuts]
+
+
+_CODES = st.sampled_from(["EUR", "eur", " EUR ", "USD", "usd", "GBP", "", " "])
+
+
+@given(
+    steps=st.dictionaries(_CODES, st.sampled_from([D(1), D(10), D("0.5")]), max_size=4),
+    currency=st.one_of(st.none(), _CODES),
+)
+def test_step_lookup_answers_as_step_for_currency(steps: dict[str, Decimal], currency: str | None) -> None:
+    """The per-rule lookup the rule plans use gives the same step, or raises the same error."""
+    try:
+        expected: Decimal | type[Exception] | None = step_for_currency(steps, currency)
+    except AccumulationError:
+        expected = AccumulationError
+    try:
+        got: Decimal | type[Exception] | None = step_lookup(steps)(currency)
+    except AccumulationError:
+        got = AccumulationError
+    assert got == expected

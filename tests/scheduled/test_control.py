@@ -4,6 +4,7 @@ runs; stored and audited; a stopped real-time rule ignores events."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -154,8 +155,8 @@ def test_a_run_left_by_a_removed_rule_can_be_stopped(setup: tuple[Path, Path]) -
         await seed(store, [user("b1", f"u{i}") for i in range(5)])
         clock = ManualClock(soon.next_run_after(datetime.now(UTC)) or datetime.now(UTC))
         await ScheduleStore(store).ensure_status("soon", datetime.now(UTC) - timedelta(minutes=1))
-        await Scheduler(store, {"soon": soon.__class__(soon.spec.model_copy(update={"speed": 1}), soon.segment,
-                                                      soon.conditions, None)}, "a", clock).tick()
+        slow = dataclasses.replace(soon, spec=soon.spec.model_copy(update={"speed": 1}), not_executed_within=None)
+        await Scheduler(store, {"soon": slow}, "a", clock).tick()
         await store.close()
 
     asyncio.run(start_run())

@@ -4,7 +4,7 @@ A scheduled run executes each user of its audience once. The actions are the rul
 with deterministic ids built from the rule, the run and the user (``brand/run/user/rule/index``
 through :func:`~smartico_stream.engine.actions.action_id`, the run and user standing in for the
 event), so a resumed or repeated step produces the same ids. The effects on the user's points, tags
-and level are those a real-time firing of one execution has (``outcomes.apply_effects``).
+and level are those a real-time firing of one execution has (``outcomes.FiringEffects``).
 A user whose account is not ACTIVE gets nothing; the history says why.
 """
 
@@ -15,7 +15,7 @@ from datetime import datetime
 
 from smartico_stream.engine.actions import Action, action_id
 from smartico_stream.engine.firing import params_for_executions
-from smartico_stream.engine.outcomes import EXECUTED, SKIPPED, HistoryEntry, apply_effects
+from smartico_stream.engine.outcomes import EXECUTED, SKIPPED, HistoryEntry
 from smartico_stream.engine.scheduled.spec import ScheduledRule
 from smartico_stream.engine.state import UserState
 
@@ -44,7 +44,6 @@ def execute_for_user(rule: ScheduledRule, state: UserState, run_id: str, at: dat
         entry = HistoryEntry(state.brand, state.user, rule.id, run_id, SCHEDULED_RUN, at, SKIPPED,
                              reason=f"account status {state.account_status} is not ACTIVE")
         return UserOutcome(False, history=[entry])
-    specs = [(spec.action, spec.params) for spec in rule.spec.actions]
     event_id = run_event_id(run_id, state.user)
     actions = [
         Action(
@@ -59,9 +58,9 @@ def execute_for_user(rule: ScheduledRule, state: UserState, run_id: str, at: dat
             event_time=at,
             executions=1,
         )
-        for index, (kind, params) in enumerate(specs)
+        for index, (kind, params) in enumerate(rule.actions)
     ]
-    apply_effects(state, specs, 1)
+    rule.effects.apply(state, 1)
     state.progress(rule.id).executions += 1
     entry = HistoryEntry(state.brand, state.user, rule.id, run_id, SCHEDULED_RUN, at, EXECUTED, executions=1)
     return UserOutcome(True, actions, [entry])

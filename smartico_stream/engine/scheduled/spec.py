@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from smartico_stream.engine.actions import ActionKind
 from smartico_stream.engine.conditions import ALWAYS, Condition, ConditionError, compile_condition
+from smartico_stream.engine.outcomes import FiringEffects
 from smartico_stream.engine.rules import ActionSpec, RuleLoadError, _loc, _read_rule_list, _Spec
 from smartico_stream.engine.schedule import _zone, parse_duration
 from smartico_stream.engine.scheduled.calendar import ScheduleSpec, next_run_after
@@ -63,6 +65,8 @@ class ScheduledRule:
     segment: Condition
     conditions: tuple[Condition, ...]
     not_executed_within: timedelta | None
+    actions: tuple[tuple[ActionKind, dict[str, Any]], ...]  # (kind, params) of each action, in order
+    effects: FiringEffects  # what one execution does to the user's state, resolved once
 
     @property
     def id(self) -> str:
@@ -100,12 +104,16 @@ def _compile(text: str | None, field: str) -> Condition:
 
 
 def compile_scheduled(spec: ScheduledRuleSpec) -> ScheduledRule:
-    """Compile a validated scheduled rule's conditions against the user fields."""
+    """Compile a validated scheduled rule's conditions against the user fields, and resolve its
+    actions' effects."""
+    actions = tuple((action.action, action.params) for action in spec.actions)
     return ScheduledRule(
         spec=spec,
         segment=_compile(spec.segment, "segment"),
         conditions=tuple(_compile(text, f"conditions.{i}") for i, text in enumerate(spec.conditions)),
         not_executed_within=parse_duration(spec.not_executed_within) if spec.not_executed_within else None,
+        actions=actions,
+        effects=FiringEffects.of(actions),
     )
 
 
