@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,32 +376,19 @@ async def run_demo(
             feeding = asyncio.create_task(feeder.run(), name="demo-replica-feeder")
         else:
             feeder.start()
-        last_consumed, last_tick = 0, time.monotonic()
-        announced = False
-        while not run_task.done():
-            await asyncio.sleep(0.5)
+        def lag_now() -> int:
             lag = service.transport.lag_messages()
-            if lag is None:  # RabbitMQ, replica: what was written and not yet consumed
-                lag = max(feeder.produced - service.stats.consumed, 0)
-            summary.max_lag = max(summary.max_lag, lag)
-            now = time.monotonic()
-            if not announced and service.metrics_server is not None:
-                summary.metrics_url = f"http://127.0.0.1:{service.metrics_server.port}/metrics"
-                if progress:
-                    progress(f"metrics: {summary.metrics_url}  (also /healthz, /readyz)")
-                announced = True
-            if progress and now - last_tick >= 1.0:
-                rate = (service.stats.consumed - last_consumed) / (now - last_tick)
-                progress(
-                    f"produced {feeder.produced:>7}  consumed {service.stats.consumed:>7}  "
-                    f"dedup {service.stats.deduplicated:>5}  dead {service.stats.dead_lettered:>4}  "
-                    f"actions {service.stats.actions:>6}  lag {lag:>6}  {rate:>8.0f} rec/s"
-                )
-                last_consumed, last_tick = service.stats.consumed, now
-            if feeder.error is not None:
-                stop.set()
-            elif feeder.done.is_set() and service.stats.consumed >= feeder.produced:
-                stop.set()  # drained: the service commits and leaves the group on its way out
+            # RabbitMQ, replica: what was written and not yet consumed
+            return max(feeder.produced - service.stats.consumed, 0) if lag is None else lag
+
+        def line(lag: int, rate: float) -> str:
+            stats = service.stats
+            return (f"produced {feeder.produced:>7}  consumed {stats.consumed:>7}  dedup {stats.deduplicated:>5}  "
+                    f"dead {stats.dead_lettered:>4}  actions {stats.actions:>6}  lag {lag:>6}  {rate:>8.0f} rec/s")
+
+        # Drained: the service commits and leaves the group on its way out.
+        await _watch(service, run_task, stop, summary, progress, lag_now, line, lambda: feeder.error is not None or (
+            feeder.done.is_set() and service.stats.consumed >= feeder.produced))
         try:
             await run_task
             if feeding is not None:
@@ -416,25 +403,56 @@ async def run_demo(
             await _delete_topology(rabbitmq_url, settings)
         if feeder.error is not None:
             raise RuntimeError(f"demo producer failed: {feeder.error}") from feeder.error
-        stats = service.stats
-        busy = (stats.last_batch_at or 0) - (stats.first_record_at or 0)
-        summary.produced = feeder.produced
-        summary.consumed = stats.consumed
-        summary.processed = stats.processed
-        summary.deduplicated = stats.deduplicated
-        summary.dead_lettered = stats.dead_lettered
-        summary.events_applied = stats.events_applied
-        summary.actions = stats.actions
-        actions_file = Path(workdir) / "actions.jsonl"
-        summary.actions_delivered = len(actions_file.read_bytes().splitlines()) if actions_file.exists() else 0
-        summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
-        summary.expected = dict(sorted(feeder.kinds.items()))
-        summary.duration_s = round(time.monotonic() - started, 2)
+        _summarise(summary, service, feeder.produced, feeder.kinds, Path(workdir), started)
         if keep is not None and transport == "kafka" and kafka is not None:
             (keep / "metrics.txt").write_bytes(service.metrics.render())
             _save_dead_letters(kafka.bootstrap_servers, settings.kafka.dead_letter_topic, summary.dead_lettered,
                                keep / "dead-letters.jsonl")
     return summary
+
+
+async def _watch(service: Service, run_task: asyncio.Task[None], stop: asyncio.Event, summary: DemoSummary,
+                 progress: Callable[[str], None] | None, lag_now: Callable[[], int],
+                 line: Callable[[int, float], str], finished: Callable[[], bool]) -> None:
+    """Until the service stops: the highest lag into ``summary``, the metrics address once, a
+    progress ``line(lag, records per second)`` each second; ``stop`` is set once ``finished()``."""
+    last_consumed, last_tick = 0, time.monotonic()
+    announced = False
+    while not run_task.done():
+        await asyncio.sleep(0.5)
+        lag = lag_now()
+        summary.max_lag = max(summary.max_lag, lag)
+        now = time.monotonic()
+        if not announced and service.metrics_server is not None:
+            summary.metrics_url = f"http://127.0.0.1:{service.metrics_server.port}/metrics"
+            if progress:
+                progress(f"metrics: {summary.metrics_url}  (also /healthz, /readyz)")
+            announced = True
+        if progress and now - last_tick >= 1.0:
+            progress(line(lag, (service.stats.consumed - last_consumed) / (now - last_tick)))
+            last_consumed, last_tick = service.stats.consumed, now
+        if finished():
+            stop.set()
+
+
+def _summarise(summary: DemoSummary, service: Service, produced: int, kinds: Mapping[str, int], workdir: Path,
+               started: float, refused: int = 0) -> None:
+    """The service's totals into ``summary``; ``refused``: records handled (and dead-lettered)
+    before they reached the service."""
+    stats = service.stats
+    busy = (stats.last_batch_at or 0) - (stats.first_record_at or 0)
+    summary.produced = produced
+    summary.consumed = stats.consumed + refused
+    summary.processed = stats.processed
+    summary.deduplicated = stats.deduplicated
+    summary.dead_lettered = stats.dead_lettered + refused
+    summary.events_applied = stats.events_applied
+    summary.actions = stats.actions
+    actions_file = workdir / "actions.jsonl"
+    summary.actions_delivered = len(actions_file.read_bytes().splitlines()) if actions_file.exists() else 0
+    summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
+    summary.expected = dict(sorted(kinds.items()))
+    summary.duration_s = round(time.monotonic() - started, 2)
 
 
 async def _run_rest_demo(events: int, users: int, duration_s: float | None, metrics_port: int,
@@ -478,48 +496,21 @@ async def _run_rest_demo(events: int, users: int, duration_s: float | None, metr
         if progress:
             progress(f"REST API: http://127.0.0.1:{port}/v1/batch  (/openapi.json, /v1/health)")
         feed_task = asyncio.create_task(feeder.run())
-        last_consumed, last_tick = 0, time.monotonic()
-        announced = False
-        while not run_task.done():
-            await asyncio.sleep(0.5)
-            lag = service.transport.lag_messages() or 0
-            summary.max_lag = max(summary.max_lag, lag)
-            now = time.monotonic()
-            if not announced and service.metrics_server is not None:
-                summary.metrics_url = f"http://127.0.0.1:{service.metrics_server.port}/metrics"
-                if progress:
-                    progress(f"metrics: {summary.metrics_url}  (also /healthz, /readyz)")
-                announced = True
-            if progress and now - last_tick >= 1.0:
-                rate = (service.stats.consumed - last_consumed) / (now - last_tick)
-                progress(
-                    f"sent {feeder.produced:>7}  accepted {feeder.accepted:>7}  refused {feeder.rejected:>5}  "
+        def line(lag: int, rate: float) -> str:
+            return (f"sent {feeder.produced:>7}  accepted {feeder.accepted:>7}  refused {feeder.rejected:>5}  "
                     f"processed {service.stats.consumed:>7}  actions {service.stats.actions:>6}  "
-                    f"backlog {lag:>6}  {rate:>8.0f} rec/s"
-                )
-                last_consumed, last_tick = service.stats.consumed, now
-            if feeder.error is not None or (feeder.done and service.stats.consumed >= feeder.accepted):
-                stop.set()  # drained: every accepted event is processed and committed
+                    f"backlog {lag:>6}  {rate:>8.0f} rec/s")
+
+        # Drained: every accepted event is processed and committed.
+        await _watch(service, run_task, stop, summary, progress, lambda: service.transport.lag_messages() or 0, line,
+                     lambda: feeder.error is not None or (feeder.done and service.stats.consumed >= feeder.accepted))
         await run_task
         await feed_task
         if feeder.error is not None:
             raise RuntimeError(f"demo client failed: {feeder.error}") from feeder.error
-        stats = service.stats
-        busy = (stats.last_batch_at or 0) - (stats.first_record_at or 0)
-        summary.produced = feeder.produced
         # Refused at the API (answered 400, or rejected in a 200) counts as handled and dead-lettered:
         # the operator was told why, nothing was kept.
-        summary.consumed = stats.consumed + feeder.rejected
-        summary.processed = stats.processed
-        summary.deduplicated = stats.deduplicated
-        summary.dead_lettered = stats.dead_lettered + feeder.rejected
-        summary.events_applied = stats.events_applied
-        summary.actions = stats.actions
-        actions_file = Path(workdir) / "actions.jsonl"
-        summary.actions_delivered = len(actions_file.read_bytes().splitlines()) if actions_file.exists() else 0
-        summary.events_per_s = round(stats.consumed / busy, 1) if busy > 0 else float(stats.consumed)
-        summary.expected = dict(sorted(feeder.kinds.items()))
-        summary.duration_s = round(time.monotonic() - started, 2)
+        _summarise(summary, service, feeder.produced, feeder.kinds, Path(workdir), started, refused=feeder.rejected)
         if keep is not None:
             (keep / "metrics.txt").write_bytes(service.metrics.render())
     return summary
