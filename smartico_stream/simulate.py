@@ -144,13 +144,16 @@ async def simulate(
     dedup: DedupSettings | None = None,
     scheduled: Mapping[str, ScheduledRule] | None = None,
     until: datetime | None = None,
+    state_cache_size: int = _STATE_CACHE,
 ) -> SimulationSummary:
     """Run ``records`` through the service's own checkpoint (pipeline with the PII ``guard``, rules,
     dead letters, one SQLite store transaction per batch; encrypted values go to ``vault``) and
     report each committed batch's actions. A record the engine fails on is a dead letter, as in the
     service; repeats are dropped as the service drops them (``dedup``, default settings), on the
     records' source time. ``scheduled`` rules run on the event timeline, extended to ``until``
-    (module notes); their actions are reported as they are executed."""
+    (module notes); their actions are reported as they are executed. ``state_cache_size`` is the
+    service's ``engine.state_cache_size``: how many users' states stay in memory between batches
+    (the others are read back from the store)."""
     with tempfile.TemporaryDirectory(prefix="smartico-simulate-") as scratch:
         store = SqliteStore(state_path or Path(scratch) / "state.db")
         await store.open()
@@ -159,7 +162,8 @@ async def simulate(
         try:
             schedule = OfflineSchedule(store, scheduled or {}, on_actions, until) if scheduled or until else None
             summary = await _run(records, adapter, rules, on_actions, store, limits, batch_size,
-                                 guard or PiiGuard(None), vault, dedup or DedupSettings(), schedule)
+                                 guard or PiiGuard(None), vault, dedup or DedupSettings(), schedule,
+                                 state_cache_size)
             if schedule is not None:
                 summary.actions += schedule.actions
                 summary.scheduled_runs = len(await ScheduleStore(store).runs())
@@ -234,11 +238,12 @@ async def _run(
     vault: PiiVault | None,
     dedup: DedupSettings,
     schedule: OfflineSchedule | None = None,
+    state_cache_size: int = _STATE_CACHE,
 ) -> SimulationSummary:
     def offline() -> float:
         return _OFFLINE_NOW
 
-    states = StateCache(store, _STATE_CACHE)
+    states = StateCache(store, state_cache_size)
     # The wall clock only caps a partition's watermark (a record stamped far ahead), as in the service.
     ownership = Ownership(store, "simulate", dedup, time.time, on_revoke=states.clear)
     pipeline = Pipeline(

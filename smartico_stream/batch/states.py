@@ -38,9 +38,11 @@ class StateCache:
         return {key: found.get(key) or UserState(brand=key[0], user=key[1]) for key in users}
 
     def advance(self, states: Mapping[UserKey, UserState]) -> None:
-        """These states were committed: they are the cache's now, one version on."""
+        """These states were committed: they are the cache's now, one version on, and the store
+        has every part of them (nothing changed since)."""
         for key, state in states.items():
             state.version += 1
+            state.changed = 0
             self._cache[key] = state
 
     def forget(self, users: Iterable[UserKey]) -> None:

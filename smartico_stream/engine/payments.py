@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from smartico_stream.engine.state import PAYMENTS_PART
 from smartico_stream.events.models import PAYMENT_TYPES, CanonicalEvent, EventType
 from smartico_stream.pipeline.dedup import dedup_digest
 
@@ -74,12 +75,15 @@ class PaymentDedup:
         position = ids.find(digest)
         while position != -1:
             if position % ENTRY_BYTES == 0 and _time_at(ids, position) >= oldest:
-                state.payment_ids = ids
+                if start:
+                    state.payment_ids = ids
+                    state.changed |= PAYMENTS_PART
                 return True
             position = ids.find(digest, position + 1)
         ids += digest + at.to_bytes(4, "little")
         excess = len(ids) - self.max_per_user * ENTRY_BYTES
         state.payment_ids = ids[excess:] if excess > 0 else ids
+        state.changed |= PAYMENTS_PART
         return False
 
 

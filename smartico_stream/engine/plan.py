@@ -86,7 +86,7 @@ def _qualify_step(rule: Rule, then: Step | None) -> Step:
     def step(state: UserState, event: CanonicalEvent, out: Any) -> None:
         at = event.event_time
         if check(state, event, at):
-            progress = state.rules.get(rule_id) or state.progress(rule_id)
+            progress = state.progress(rule_id)
             qualify(rule, progress, at)
             out.history.append(history_entry(state, event, rule, QUALIFIED, progress=progress))
             return  # the qualifying event itself never counts as progress
@@ -129,12 +129,13 @@ def _trigger_step(rule: Rule) -> Step:
                 out.history.append(history_entry(state, event, rule, QUALIFICATION_EXPIRED, progress=progress,
                                                  reason="qualification period ended before the requirement was met"))
                 void_qualification(progress)
+                state.rule_changed()
                 return
         if not state.is_active:
             out.history.append(history_entry(state, event, rule, SKIPPED, progress=progress,
                                              reason=f"account status {state.account_status} is not ACTIVE"))
             return
-        progress = progress or state.progress(rule_id)
+        progress = state.progress(rule_id)  # the accumulation below changes it even for no execution
         executions = executions_of(state, event, progress, out)
         if executions == 0:
             return

@@ -11,7 +11,7 @@ from base64 import b64decode, b64encode
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -25,6 +25,16 @@ from smartico_stream.events.models import (
 )
 
 ZERO = Decimal(0)
+
+# The parts of a state the store writes separately (store/sql.py), so a batch rewrites only the parts
+# it changed. The rest (aggregates, times, points, level, tags) changes with every event and is always
+# written. A flag set too often costs a rewrite; a flag missed loses a change, so every code path
+# that changes a part sets its flag: the profile fold, :meth:`UserState.progress` (and
+# :meth:`UserState.rule_changed`), and the payments memory (engine/payments.py).
+PROFILE_PART = 1
+PROGRESS_PART = 2
+PAYMENTS_PART = 4
+ALL_PARTS = PROFILE_PART | PROGRESS_PART | PAYMENTS_PART
 
 
 @dataclass(slots=True)
@@ -107,6 +117,8 @@ class UserState:
     # field rules can read
     payment_ids: bytes = b""
     version: int = 0  # store version this state was loaded at (optimistic concurrency)
+    # The parts (*_PART flags) changed since the store last had them: all of them for a new state.
+    changed: int = field(default=ALL_PARTS, compare=False, repr=False)
 
     @property
     def is_active(self) -> bool:
@@ -115,10 +127,16 @@ class UserState:
         return self.account_status in (None, AccountStatus.ACTIVE)
 
     def progress(self, rule_id: str) -> RuleProgress:
+        """The user's progress on ``rule_id``, to change (read-only callers use ``rules.get``)."""
+        self.changed |= PROGRESS_PART
         found = self.rules.get(rule_id)
         if found is None:
             found = self.rules[rule_id] = RuleProgress()
         return found
+
+    def rule_changed(self) -> None:
+        """A progress read through ``rules.get`` was changed: the store must write the rules part."""
+        self.changed |= PROGRESS_PART
 
     def currency_for(self, event: CanonicalEvent) -> str | None:
         """The currency an event's amounts are in: the user's wallet currency, else the event's."""
@@ -127,37 +145,81 @@ class UserState:
     # serialisation -----------------------------------------------------------------------------
 
     def to_json(self) -> bytes:
-        """The state as a compact JSON document: fields at their default (None, 0, False, empty) are
-        left out, Decimals are strings, rule progress is written per rule with only its non-default
-        parts. Byte-stable: the same state always gives the same bytes."""
-        # Half the bytes of writing every field, and no per-Decimal callback out of orjson: this is
-        # encoded for every touched user of every batch. The version lives in its own store column.
+        """The whole state as one compact JSON document: fields at their default (None, 0, False,
+        empty) are left out, Decimals are strings, rule progress is written per rule with only its
+        non-default parts, payment ids in base64. Byte-stable: the same state always gives the same
+        bytes. (The store writes it in parts: :meth:`stored_parts`.)"""
+        document = self._core()
+        document.update(self._profile())
+        if self.rules:
+            document["rules"] = self._rules()
+        if self.payment_ids:
+            document["payment_ids"] = b64encode(self.payment_ids).decode("ascii")
+        return orjson.dumps(document, default=_encode)
+
+    def stored_parts(self) -> StoredParts:
+        """The state as the store writes it: the core document (what changes with every event),
+        then the profile, rule progress and payment ids, each ``None`` when :attr:`changed` says the
+        store already has it. The core and profile together are what conditions read."""
+        # Encoded for every touched user of every batch: leaving out the parts a batch did not
+        # change is most of what "write only what changed" saves (docs/performance.md).
+        changed = self.changed
+        return StoredParts(
+            orjson.dumps(self._core(), default=_encode),
+            orjson.dumps(self._profile(), default=_encode) if changed & PROFILE_PART else None,
+            orjson.dumps(self._rules()) if changed & PROGRESS_PART else None,
+            self.payment_ids if changed & PAYMENTS_PART else None,
+        )
+
+    def _core(self) -> dict[str, Any]:
         document: dict[str, Any] = {"brand": self.brand, "user": self.user}
-        for name, default in _SCALAR_FIELDS:
-            value = getattr(self, name)
-            if value is default or (value.__class__ is default.__class__ and value == default):
-                continue
-            document[name] = str(value) if value.__class__ is Decimal else value
+        _put_scalars(self, _CORE_SCALARS, document)
         for name in _DECIMAL_MAP_FIELDS:
             totals = getattr(self, name)
             if totals:
                 document[name] = {currency: str(amount) for currency, amount in totals.items()}
-        if self.custom:
-            document["custom"] = self.custom
         if self.points:
             document["points"] = str(self.points)
         if self.tags:
             document["tags"] = sorted(self.tags)
-        if self.rules:
-            document["rules"] = {rule_id: _progress_document(self.rules[rule_id]) for rule_id in sorted(self.rules)}
-        if self.payment_ids:
-            document["payment_ids"] = b64encode(self.payment_ids).decode("ascii")
-        return orjson.dumps(document, default=_encode)
+        return document
+
+    def _profile(self) -> dict[str, Any]:
+        document: dict[str, Any] = {}
+        _put_scalars(self, _PROFILE_SCALARS, document)
+        if self.custom:
+            document["custom"] = self.custom
+        return document
+
+    def _rules(self) -> dict[str, Any]:
+        return {rule_id: _progress_document(self.rules[rule_id]) for rule_id in sorted(self.rules)}
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> UserState:
         """Read :meth:`to_json`'s document, or the older form with every field present."""
         data = orjson.loads(raw)
+        # absent in states written before money events were remembered: nothing remembered yet
+        data["payment_ids"] = b64decode(data.get("payment_ids") or "")
+        return cls._from_document(data)
+
+    @classmethod
+    def from_stored_parts(cls, core: bytes, profile: bytes | None, progress: bytes | None,
+                          payments: bytes | None) -> UserState:
+        """Read :meth:`stored_parts` back. A row written before the store kept parts has its whole
+        document as ``core`` and no parts: read as :meth:`from_json`, and all of it is written again
+        at the next commit, in parts."""
+        if profile is None or progress is None or payments is None:
+            return cls.from_json(core)
+        data = orjson.loads(core)
+        data.update(orjson.loads(profile))
+        data["rules"] = orjson.loads(progress)
+        data["payment_ids"] = bytes(payments)
+        state = cls._from_document(data)
+        state.changed = 0
+        return state
+
+    @classmethod
+    def _from_document(cls, data: dict[str, Any]) -> UserState:
         for name in _DATETIME_FIELDS:
             if name in data:
                 data[name] = _dt(data[name])
@@ -169,8 +231,6 @@ class UserState:
             if data.get(name) is not None:
                 data[name] = Decimal(data[name])
         data["tags"] = set(data.get("tags") or ())
-        # absent in states written before money events were remembered: nothing remembered yet
-        data["payment_ids"] = b64decode(data.get("payment_ids") or "")
         data["rules"] = {
             rid: RuleProgress(
                 remainder=Decimal(p.get("remainder", "0")),
@@ -182,6 +242,32 @@ class UserState:
             for rid, p in (data.get("rules") or {}).items()
         }
         return cls(**{k: v for k, v in data.items() if k in _KNOWN_FIELDS})
+
+
+class StoredParts(NamedTuple):
+    """A state as the store's ``users`` row holds it (see :meth:`UserState.stored_parts`)."""
+
+    core: bytes
+    profile: bytes | None
+    progress: bytes | None
+    payments: bytes | None
+
+
+def readable_document(core: bytes, profile: bytes | None) -> bytes:
+    """The stored core and profile parts as the one JSON document conditions read (their fields
+    are disjoint, so the objects are joined as bytes, never decoded here)."""
+    core = bytes(core)
+    if not profile or profile == b"{}":
+        return core
+    return core[:-1] + b"," + bytes(profile)[1:]
+
+
+def _put_scalars(state: UserState, names: tuple[tuple[str, Any], ...], document: dict[str, Any]) -> None:
+    for name, default in names:
+        value = getattr(state, name)
+        if value is default or (value.__class__ is default.__class__ and value == default):
+            continue
+        document[name] = str(value) if value.__class__ is Decimal else value
 
 
 def _progress_document(progress: RuleProgress) -> dict[str, Any]:
@@ -200,18 +286,26 @@ def _progress_document(progress: RuleProgress) -> dict[str, Any]:
 
 
 # Computed once: dataclasses.fields() is slow enough to show in profiles when called per user.
-_KNOWN_FIELDS = frozenset(f.name for f in fields(UserState))
+_KNOWN_FIELDS = frozenset(f.name for f in fields(UserState)) - {"changed"}
 _DATETIME_FIELDS = tuple(
     f.name for f in fields(UserState) if "datetime" in str(f.type)
 )
 _DECIMAL_MAP_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type).startswith("dict[str, Decimal]"))
 _OPTIONAL_DECIMAL_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type) == "Decimal | None")
-# (name, default): written one by one by to_json, unless at the default; the rest have their own forms.
+# The profile part: what profile events set (_apply_profile), and only they.
+PROFILE_FIELDS = (
+    "account_status", "registration_date", "language", "wallet_currency", "country", "birthdate", "username",
+    "gender", "kyc_status", "affiliate_id", "affiliate_str", "is_email_disabled_by_platform",
+    "is_sms_disabled_by_platform", "has_email", "has_phone", "phone_valid", "email_domain", "custom",
+)
+# (name, default): written one by one unless at the default; the rest have their own forms.
 _SCALAR_FIELDS = tuple(
     (f.name, f.default) for f in fields(UserState)
-    if f.name not in ("brand", "user", "custom", "points", "tags", "rules", "payment_ids", "version",
+    if f.name not in ("brand", "user", "custom", "points", "tags", "rules", "payment_ids", "version", "changed",
                       *_DECIMAL_MAP_FIELDS)
 )
+_PROFILE_SCALARS = tuple(item for item in _SCALAR_FIELDS if item[0] in PROFILE_FIELDS)
+_CORE_SCALARS = tuple(item for item in _SCALAR_FIELDS if item[0] not in PROFILE_FIELDS)
 
 
 def _encode(value: Any) -> Any:
@@ -228,7 +322,7 @@ def _dt(value: str | None) -> datetime | None:
 
 # What conditions may read as user.*; derived from the dataclass so the two cannot drift.
 def _field_type(name: str, annotation: str) -> FieldType | None:
-    if name in ("rules", "payment_ids", "version"):
+    if name in ("rules", "payment_ids", "version", "changed"):
         return None
     if name in ("brand", "user"):
         return FieldType.STRING
@@ -322,6 +416,7 @@ def _sport_bet_settled(state: UserState, event: Any) -> None:
 
 
 def _apply_profile(state: UserState, profile: UserProfile) -> None:
+    state.changed |= PROFILE_PART
     # A partial profile update without a status must not re-activate a blocked user; the model's
     # ACTIVE default applies only to a user whose status was never sent. A record's status is None
     # when the update did not carry one (events/records.py SENT_ONLY).

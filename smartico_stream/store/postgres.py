@@ -175,17 +175,21 @@ class PostgresStore(SqlStore):
         of a bound statement per user."""
         if not rows:
             return
-        brands, users, states, versions, times = (list(column) for column in zip(*rows, strict=True))
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        brands, users = columns[0], columns[1]
         if len(set(zip(brands, users, strict=True))) < len(rows):
             # One statement cannot update a row twice; a user given twice is written in order.
             await super()._upsert_users(conn, rows)
             return
         await conn.execute(
-            "INSERT INTO users (brand, user_id, state, version, updated_at) "
-            "SELECT * FROM unnest(?::text[], ?::text[], ?::bytea[], ?::bigint[], ?::text[]) "
-            "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
-            "updated_at = excluded.updated_at",
-            brands, users, states, versions, times,
+            "INSERT INTO users AS u (brand, user_id, state, profile, progress, payments, version, updated_at) "
+            "SELECT * FROM unnest(?::text[], ?::text[], ?::bytea[], ?::bytea[], ?::bytea[], ?::bytea[], "
+            "?::bigint[], ?::text[]) "
+            "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, "
+            "profile = COALESCE(excluded.profile, u.profile), progress = COALESCE(excluded.progress, u.progress), "
+            "payments = COALESCE(excluded.payments, u.payments), "
+            "version = excluded.version, updated_at = excluded.updated_at",
+            *columns,
         )
 
     async def commit(self, batch: Any) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from smartico_stream.engine.state import UserState
+from smartico_stream.engine.state import UserState, readable_document
 from smartico_stream.events.raw import PartitionId, UserKey
 from smartico_stream.store.base import BatchWrite, FencedError
-from smartico_stream.store.sql import SqlStore
+from smartico_stream.store.sql import STATE_COLUMNS, SqlStore
 
 # The outbox partition of scheduled rules' actions: the relay delivers it like a source partition,
 # under the lease the scheduler's leader holds.
@@ -126,14 +126,14 @@ class ScheduleStore:
         """Every stored user's ``(brand, user, state document)`` (of ``brand``), in (brand, user)
         order, a page per query (keyset pagination: each page is an index range, never an OFFSET
         scan)."""
-        async for rows in self._pages("state", brand, page):
-            yield [(str(b), str(u), bytes(document)) for b, u, document in rows]
+        async for rows in self._pages("state, profile", brand, page):
+            yield [(str(b), str(u), readable_document(core, profile)) for b, u, core, profile in rows]
 
     async def stream_users(self, brand: str | None = None, page: int | None = None) -> AsyncIterator[UserState]:
         """Every stored user (of ``brand``), decoded, in (brand, user) order."""
-        async for rows in self._pages("state, version", brand, page):
-            for _brand, _user, document, version in rows:
-                state = UserState.from_json(bytes(document))
+        async for rows in self._pages(f"{STATE_COLUMNS}, version", brand, page):
+            for _brand, _user, core, profile, progress, payments, version in rows:
+                state = UserState.from_stored_parts(core, profile, progress, payments)
                 state.version = int(version)
                 yield state
 

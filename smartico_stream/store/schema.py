@@ -420,6 +420,20 @@ STATE_MIGRATIONS.append((
     """,
 ))
 
+# Migration 9: a user's state in parts (engine/state.py UserState.stored_parts), so a batch rewrites
+# only the parts it changed. ``state`` keeps the core document (aggregates, times, points, tags); the
+# profile, the rule progress and the remembered payment ids get their own columns. A row from before
+# has its whole document in ``state`` and the parts NULL: it is read as it is and rewritten in parts
+# at its next commit.
+STATE_MIGRATIONS.append((
+    9,
+    """
+    ALTER TABLE users ADD COLUMN profile {BLOB};
+    ALTER TABLE users ADD COLUMN progress {BLOB};
+    ALTER TABLE users ADD COLUMN payments {BLOB}
+    """,
+))
+
 LATEST_VERSION = STATE_MIGRATIONS[-1][0]
 
 

@@ -92,12 +92,17 @@ class _DryRun(Exception):
     """Raised inside a probe's transaction to roll it back."""
 
 
+# The columns a user's state is read from (UserState.from_stored_parts).
+STATE_COLUMNS = "state, profile, progress, payments"
+
+
 def _encoded_users(users: Sequence[UserState], now: str) -> list[tuple[Any, ...]]:
-    """The users' rows, in one lock order. A state JSON cannot hold (an integer beyond 64 bits
-    from a custom field) is a :class:`RowEncodingError`, so the service can isolate its record."""
+    """The users' rows, in one lock order: the core document and the parts the batch changed, NULL
+    for the others (the upsert keeps what the row has). A state JSON cannot hold (an integer beyond
+    64 bits from a custom field) is a :class:`RowEncodingError`, so the service can isolate its record."""
     try:
         ordered = sorted(users, key=lambda u: (u.brand, u.user))
-        return [(u.brand, u.user, u.to_json(), u.version + 1, now) for u in ordered]
+        return [(u.brand, u.user, *u.stored_parts(), u.version + 1, now) for u in ordered]
     except (TypeError, ValueError) as exc:
         # orjson's messages name the problem ("Integer exceeds 64-bit range"), never the value.
         raise RowEncodingError(f"users.state: a user's state cannot be encoded as JSON ({exc})") from None
@@ -244,15 +249,22 @@ class SqlStore:
         if stale:
             raise ConflictError(stale)
 
+    # A new user has every part (UserState.changed starts at ALL_PARTS); a stored one keeps the
+    # parts given as NULL.
     _UPSERT_USERS = (
-        "INSERT INTO users (brand, user_id, state, version, updated_at) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, version = excluded.version, "
-        "updated_at = excluded.updated_at"
+        "INSERT INTO users (brand, user_id, state, profile, progress, payments, version, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (brand, user_id) DO UPDATE SET state = excluded.state, "
+        "profile = COALESCE(excluded.profile, users.profile), "
+        "progress = COALESCE(excluded.progress, users.progress), "
+        "payments = COALESCE(excluded.payments, users.payments), "
+        "version = excluded.version, updated_at = excluded.updated_at"
     )
 
     async def _upsert_users(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
-        """Write the users' rows: one row per user, updated in place. (A change log with periodic
-        compaction was measured and not taken: docs/performance.md, "Store writes".)"""
+        """Write the users' rows: one row per user, updated in place, with only the parts that
+        changed. (A change log with periodic compaction was measured and not taken:
+        docs/performance.md, "Store writes".)"""
         await conn.executemany(self._UPSERT_USERS, rows)
 
     # batches -----------------------------------------------------------------------------------
@@ -339,8 +351,10 @@ class SqlStore:
     async def load_users(self, keys: Sequence[UserKey]) -> dict[UserKey, UserState]:
         found: dict[UserKey, UserState] = {}
         async with self.connection() as conn:
-            for brand, user, document, version in await self._user_rows(conn, keys, "state, version"):
-                state = UserState.from_json(bytes(document))
+            for brand, user, core, profile, progress, payments, version in await self._user_rows(
+                conn, keys, f"{STATE_COLUMNS}, version"
+            ):
+                state = UserState.from_stored_parts(core, profile, progress, payments)
                 state.version = int(version)
                 found[(brand, user)] = state
         return found
@@ -657,8 +671,8 @@ class SqlStore:
 
     async def all_users(self) -> list[UserState]:
         async with self.connection() as conn:
-            rows = await conn.fetch("SELECT state FROM users ORDER BY brand, user_id")
-        return [UserState.from_json(bytes(r[0])) for r in rows]
+            rows = await conn.fetch(f"SELECT {STATE_COLUMNS} FROM users ORDER BY brand, user_id")
+        return [UserState.from_stored_parts(*row) for row in rows]
 
 
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from smartico_stream.engine.actions import Action, ActionKind
 from smartico_stream.engine.evaluator import HistoryEntry
@@ -34,10 +32,10 @@ from smartico_stream.sinks.relay import OutboxRelay
 from smartico_stream.store import BatchWrite, FencedError, OutboxRow, QueuedAction
 from smartico_stream.store.base import ConflictError
 from smartico_stream.store.packing import unpack_dedup
-from smartico_stream.store.postgres import PostgresStore
 from smartico_stream.store.schema import STATE_MIGRATIONS
 from smartico_stream.store.sqlite import SqliteStore
 from tests.support import postgres
+from tests.support.store_backends import Backend
 
 pytestmark = pytest.mark.asyncio
 
@@ -54,65 +52,6 @@ TABLES = (
 )
 # Every migration's version, in order (numbers are allotted per branch, so there may be gaps).
 ALL_VERSIONS = [version for version, _ in STATE_MIGRATIONS]
-
-
-# -- fixtures ---------------------------------------------------------------------------------------
-
-
-class Backend:
-    """Makes stores over one database: an SQLite file, or one PostgreSQL schema."""
-
-    def __init__(self, kind: str, tmp_path: Path) -> None:
-        self.kind = kind
-        self.path = tmp_path / "state.db"
-        self.schema = postgres.unique_schema("t_store") if kind == "postgres" else None
-        self.dsn = postgres.require_postgres() if kind == "postgres" else None
-        self.opened: list[Any] = []
-
-    def new(self) -> SqliteStore | PostgresStore:
-        if self.kind == "sqlite":
-            return SqliteStore(self.path)
-        assert self.dsn is not None
-        return PostgresStore(self.dsn, schema=self.schema)
-
-    async def open(self) -> SqliteStore | PostgresStore:
-        store = self.new()
-        await store.open()
-        self.opened.append(store)
-        return store
-
-    async def close_all(self) -> None:
-        for store in self.opened:
-            await store.close()
-        self.opened.clear()
-
-
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    b = Backend(request.param, tmp_path)
-    try:
-        yield b
-    finally:
-        await b.close_all()
-        if b.schema:
-            await postgres.drop_schema_async(b.schema)
-
-
-@pytest_asyncio.fixture
-async def store(backend: Backend) -> SqliteStore | PostgresStore:
-    return await backend.open()
-
-
-@pytest_asyncio.fixture
-async def pg() -> AsyncIterator[Backend]:
-    """PostgreSQL only (concurrency between members)."""
-    b = Backend("postgres", Path("/nonexistent"))
-    try:
-        yield b
-    finally:
-        await b.close_all()
-        assert b.schema is not None
-        await postgres.drop_schema_async(b.schema)
 
 
 # -- builders ---------------------------------------------------------------------------------------
@@ -385,7 +324,7 @@ async def test_two_postgres_members_opening_a_fresh_schema_together_both_start(p
 
 
 class ExplodingUser(UserState):
-    def to_json(self) -> bytes:
+    def stored_parts(self) -> Any:
         raise RuntimeError("cannot serialise this user")
 
 
