@@ -292,12 +292,13 @@ _DATETIME_FIELDS = tuple(
 )
 _DECIMAL_MAP_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type).startswith("dict[str, Decimal]"))
 _OPTIONAL_DECIMAL_FIELDS = tuple(f.name for f in fields(UserState) if str(f.type) == "Decimal | None")
+# What a profile event copies when sent (_apply_profile), and the flags the PII guard derived.
+_PROFILE_COPIED = ("country", "birthdate", "username", "kyc_status", "affiliate_id", "affiliate_str",
+                   "is_email_disabled_by_platform", "is_sms_disabled_by_platform")
+_PROFILE_FLAGS = ("has_email", "has_phone", "phone_valid", "email_domain")
 # The profile part: what profile events set (_apply_profile), and only they.
-PROFILE_FIELDS = (
-    "account_status", "registration_date", "language", "wallet_currency", "country", "birthdate", "username",
-    "gender", "kyc_status", "affiliate_id", "affiliate_str", "is_email_disabled_by_platform",
-    "is_sms_disabled_by_platform", "has_email", "has_phone", "phone_valid", "email_domain", "custom",
-)
+PROFILE_FIELDS = ("account_status", "registration_date", "language", "wallet_currency", "gender", "custom",
+                  *_PROFILE_COPIED, *_PROFILE_FLAGS)
 # (name, default): written one by one unless at the default; the rest have their own forms.
 _SCALAR_FIELDS = tuple(
     (f.name, f.default) for f in fields(UserState)
@@ -431,15 +432,14 @@ def _apply_profile(state: UserState, profile: UserProfile) -> None:
     state.language = profile.language
     # The spec: "once set this value cannot be changed for user".
     state.wallet_currency = state.wallet_currency or profile.wallet_currency
-    for name in ("country", "birthdate", "username", "kyc_status", "affiliate_id", "affiliate_str",
-                 "is_email_disabled_by_platform", "is_sms_disabled_by_platform"):
+    for name in _PROFILE_COPIED:
         value = getattr(profile, name)
         if value is not None:
             setattr(state, name, value)
     if profile.gender is not None:
         state.gender = profile.gender.value
     # Only derived flags: the PII guard removed the values before the engine (docs/pii.md).
-    for name in ("has_email", "has_phone", "phone_valid", "email_domain"):
+    for name in _PROFILE_FLAGS:
         value = getattr(profile, name)
         if value is not None:
             setattr(state, name, value)
