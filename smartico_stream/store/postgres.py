@@ -170,6 +170,26 @@ class PostgresStore(SqlStore):
         locks = sorted({user_lock_id(brand, user) for brand, user in keys})
         await conn.execute("SELECT pg_advisory_xact_lock(h) FROM unnest(?::bigint[]) AS h ORDER BY h", locks)
 
+    # The keys asked for, as arrays, each looked up on the whole primary key. OFFSET 0 keeps the
+    # LATERAL subquery from being turned into a join, so the plan is an index probe per key whatever
+    # the planner knows of the table. ``brand = $1 AND user_id IN (...)`` was planned, on a table
+    # without statistics (never analysed: autovacuum off, or a store just loaded), as a scan of every
+    # row of the brand with ``user_id`` as a filter, and a plain join as one pass over the table: a
+    # cost that grew with the number of users (the version check of 1,200 users took 59 ms at the
+    # start of a load and 400 ms after 100k users; docs/performance.md, "PostgreSQL lookups").
+    _USER_ROWS = ("SELECT k.brand, k.user_id, found.* FROM unnest(?::text[], ?::text[]) AS k(brand, user_id), "
+                  "LATERAL (SELECT {columns} FROM users u WHERE u.brand = k.brand AND u.user_id = k.user_id "
+                  "OFFSET 0) AS found")
+
+    async def _user_rows(self, conn: Any, keys: Sequence[tuple[str, str]], columns: str) -> list[tuple[Any, ...]]:
+        """``(brand, user_id, *columns)`` of the stored users among ``keys``, in one statement."""
+        if not keys:
+            return []
+        rows: list[tuple[Any, ...]] = await conn.fetch(
+            self._USER_ROWS.format(columns=columns), [brand for brand, _ in keys], [user for _, user in keys]
+        )
+        return rows
+
     async def _upsert_users(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         """All users in one statement over arrays (``unnest``): one round trip and one plan instead
         of a bound statement per user."""

@@ -222,8 +222,9 @@ class SqlStore:
 
     async def _user_rows(self, conn: Connection, keys: Sequence[UserKey], columns: str) -> list[tuple[Any, ...]]:
         """``(brand, user_id, *columns)`` of the stored users among ``keys``: one query per brand and
-        chunk, each ``brand = ? AND user_id IN (...)``, primary-key lookups on both databases (SQLite
-        scans the table for a row-value IN over VALUES; one query per user is a round trip each)."""
+        chunk, each ``brand = ? AND user_id IN (...)``, primary-key lookups on SQLite (which scans the
+        table for a row-value IN over VALUES; one query per user is a round trip each). PostgreSQL
+        has its own form (``PostgresStore._user_rows``)."""
         found: list[tuple[Any, ...]] = []
         for brand, users in _by_brand(keys).items():
             for chunk in _chunks(users, self._VERSION_CHUNK):
